@@ -1,0 +1,246 @@
+"""Open a video, measure its frames, and stream the selected ones, upright and resized at decode time.
+
+Two passes over the file, both streaming: :func:`probe` demuxes packets without decoding them (cheap)
+to learn every frame's true presentation time, the frame count and the measured duration; the sampler
+then picks frames by those times, and :func:`decode_selected` decodes and converts only what was picked.
+Frames travel with their own timestamps: nothing here assumes a constant frame rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+
+from vfeat.errors import DecodeError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the store records per video. ``width``/``height`` are as displayed (rotation applied);
+    ``duration_s`` is measured (first frame's time to the end of the last frame), ``header_duration_s``
+    is what the container claims."""
+
+    path: str
+    width: int
+    height: int
+    fps: float  # native average frame rate (frames / measured duration when the header has none)
+    duration_s: float
+    num_frames: int
+    start_time_s: float  # presentation time of the first frame in the file's clock (MPEG-TS starts > 0)
+    rotation: int  # degrees counter-clockwise a player rotates the decoded picture
+    codec: str
+    pix_fmt: str
+    header_duration_s: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Probe:
+    info: VideoInfo
+    timestamps_s: np.ndarray  # float64 [num_frames], sorted, from the first frame (first is 0.0)
+    pts: np.ndarray  # int64 [num_frames], the stream's own pts values, same order
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Decode-time resize: the short side to ``short_side`` (the long side truncated as torchvision
+    does), then a centre crop of ``crop`` x ``crop``. ``None`` keeps the frame as it is."""
+
+    short_side: int
+    crop: int
+    interpolation: str = "BICUBIC"
+
+
+def _open(path: str):
+    import av
+
+    try:
+        if "://" in path and not path.startswith(("http://", "https://", "rtsp://", "file://")):
+            from vfeat.store.fs import open_binary
+
+            return av.open(open_binary(path))
+        return av.open(path.removeprefix("file://"))
+    except FileNotFoundError:
+        raise DecodeError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DecodeError(f"{path}: is a directory, not a video") from None
+    except av.error.InvalidDataError:
+        raise DecodeError(f"{path}: not a video file (no container format recognised)") from None
+    except av.error.FFmpegError as exc:
+        raise DecodeError(f"{path}: cannot open ({exc.strerror or exc})") from None
+
+
+def _video_stream(container, path: str):
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
+        raise DecodeError(f"{path}: no video stream ({what})")
+    stream = container.streams.video[0]
+    if stream.codec_context is None or not stream.codec_context.name:
+        raise DecodeError(f"{path}: unsupported video codec")
+    return stream
+
+
+def probe(path: str) -> Probe:
+    """Demux every video packet (no decoding) to get the true frame times. Raises :class:`DecodeError`
+    naming the file for anything unreadable."""
+    import av
+
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        time_base = stream.time_base
+        pts_list: list[int] = []
+        max_pts, last_duration = None, 0
+        rotation: int | None = None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.is_discard:
+                    continue  # flush packet, or a frame an edit list hides
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is None:
+                    continue
+                if rotation is None:
+                    rotation = _first_frame_rotation(packet, path)
+                pts_list.append(int(stamp))
+                if max_pts is None or stamp > max_pts:
+                    max_pts, last_duration = int(stamp), int(packet.duration or 0)
+        except av.error.FFmpegError as exc:
+            if not pts_list:
+                raise DecodeError(f"{path}: cannot read packets ({exc.strerror or exc})") from None
+        if not pts_list:
+            raise DecodeError(f"{path}: video stream has no frames (empty or truncated)")
+        pts = np.unique(np.asarray(pts_list, dtype=np.int64))
+        info = _info(path, container, stream, pts, last_duration, rotation or 0)
+    finally:
+        container.close()
+    first = pts[0]
+    seconds = (pts - first).astype(np.float64) * float(time_base)
+    return Probe(info, seconds, pts)
+
+
+def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rotation: int) -> VideoInfo:
+    time_base = float(stream.time_base)
+    if last_duration <= 0:
+        gaps = np.diff(pts)
+        if len(gaps):
+            last_duration = int(np.median(gaps))
+        elif stream.average_rate:
+            last_duration = int(round(1 / (float(stream.average_rate) * time_base)))
+    duration_s = float((pts[-1] - pts[0] + last_duration) * time_base)
+    header = None
+    if stream.duration is not None:
+        header = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        header = container.duration / 1e6
+    rate = float(stream.average_rate) if stream.average_rate else (len(pts) / duration_s if duration_s > 0 else 0.0)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if rotation % 180:
+        width, height = height, width
+    return VideoInfo(
+        path=path,
+        width=int(width),
+        height=int(height),
+        fps=rate,
+        duration_s=duration_s,
+        num_frames=int(len(pts)),
+        start_time_s=float(pts[0] * time_base),
+        rotation=rotation,
+        codec=stream.codec_context.name,
+        pix_fmt=stream.codec_context.format.name if stream.codec_context.format else "",
+        header_duration_s=header,
+    )
+
+
+def _first_frame_rotation(packet, path: str) -> int | None:
+    """Decode packets until the first picture comes out, to read its display rotation (PyAV exposes the
+    display matrix on frames) and to prove early that the codec can be decoded at all."""
+    import av
+
+    try:
+        for frame in packet.decode():
+            return int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+    except av.error.FFmpegError as exc:
+        raise DecodeError(f"{path}: undecodable video ({exc.strerror or exc})") from None
+    return None
+
+
+def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Output (width, height) with the short side at ``short_side``; the long side is truncated the way
+    torchvision's Resize computes it, so crops line up with open_clip's own preprocessing."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the video and yield ``(pts, rgb uint8 [H, W, 3])`` for each frame whose pts is in
+    ``wanted_pts``, in presentation order, upright, resized and cropped at decode time."""
+    import av
+
+    wanted = set(int(p) for p in wanted_pts)
+    last_wanted = max(wanted)
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        quarter_turns = 0
+        yielded = 0
+        try:
+            for frame in container.decode(stream):
+                stamp = frame.pts if frame.pts is not None else frame.dts
+                if stamp is None or int(stamp) not in wanted:
+                    if stamp is not None and stamp > last_wanted and yielded >= len(wanted):
+                        break
+                    continue
+                quarter_turns = int(round((frame.rotation or 0) / 90.0)) % 4
+                yield int(stamp), _to_rgb(frame, quarter_turns, resize)
+                yielded += 1
+                if yielded >= len(wanted):
+                    break
+        except av.error.FFmpegError as exc:
+            raise DecodeError(f"{path}: decoding failed after {yielded} of {len(wanted)} frames ({exc.strerror or exc})") from None
+    finally:
+        container.close()
+    if yielded < len(wanted):
+        raise DecodeError(f"{path}: truncated or corrupt: decoded {yielded} of {len(wanted)} selected frames")
+
+
+def _to_rgb(frame, quarter_turns: int, resize: Resize | None) -> np.ndarray:
+    src_w, src_h = frame.width, frame.height
+    disp_w, disp_h = (src_h, src_w) if quarter_turns % 2 else (src_w, src_h)
+    if resize is None:
+        image = frame.to_ndarray(format="rgb24")
+    else:
+        out_w, out_h = resized_size(disp_w, disp_h, resize.short_side)
+        if quarter_turns % 2:
+            out_w, out_h = out_h, out_w
+        image = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation=resize.interpolation).to_ndarray()
+    if quarter_turns:
+        image = np.rot90(image, k=quarter_turns)
+    if resize is not None:
+        image = center_crop(image, resize.crop)
+    return np.ascontiguousarray(image)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop as torchvision does (offsets rounded), padding with zeros if the image is smaller."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        padded = np.zeros((max(h, size), max(w, size), 3), dtype=image.dtype)
+        top, left = (padded.shape[0] - h) // 2, (padded.shape[1] - w) // 2
+        padded[top : top + h, left : left + w] = image
+        image, h, w = padded, padded.shape[0], padded.shape[1]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return image[top : top + size, left : left + size]
+
+
+def seconds_to_ms(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64) * 1000.0
+
+

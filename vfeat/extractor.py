@@ -1,0 +1,144 @@
+"""``vfeat.extract``: the front door of extraction. Resolves inputs, model and store, skips what is
+already committed, runs the pipeline, and returns a summary (failures included)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+from vfeat import __version__
+from vfeat.errors import InputError
+from vfeat.models.base import VideoEncoder
+from vfeat.models.factory import load_model
+from vfeat.pipeline import RunStats, run
+from vfeat.sampling import SamplingPlan
+from vfeat.sources import expand_inputs, unique_sources
+from vfeat.store import fs
+from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
+from vfeat.store.reader import shard_paths
+from vfeat.store.backends import open_read
+from vfeat.store.tree import read_ids
+from vfeat.store.writer import ShardWriter
+
+STORAGE_DTYPES = ("float16", "float32")
+
+
+@dataclass
+class ExtractSummary:
+    out: str
+    videos_total: int
+    videos_skipped: int
+    videos_ok: int
+    videos_failed: int
+    frames: int
+    seconds: float
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.videos_failed == 0
+
+
+def store_attrs(encoder: VideoEncoder, plan: SamplingPlan, storage_dtype: str) -> dict[str, Any]:
+    """Root attributes: everything needed to interpret (and reproduce) the stored numbers."""
+    import av
+    import torch
+
+    has_clips = plan.mode == "clips" or not encoder.frame_level
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "vfeat_version": __version__,
+        "model": encoder.identity.as_dict(),
+        "random_weights": encoder.identity.pretrained == "none",
+        "embed_dim": int(encoder.embed_dim),
+        "sampling": plan.as_dict(),
+        "preprocess": encoder.preprocess.as_dict(),
+        "dtype": storage_dtype,
+        "normalized": False,
+        "has_frames": bool(encoder.frame_outputs),
+        "has_clips": bool(has_clips),
+        "logit_scale": float(encoder.logit_scale),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": {"vfeat": __version__, "torch": torch.__version__, "pyav": av.__version__, "python": platform.python_version()},
+        "hardware": {"device": str(encoder.device), "cpu": platform.processor() or platform.machine(),
+                     "gpu": torch.cuda.get_device_name(encoder.device) if encoder.device.type == "cuda" else None},
+    }
+
+
+def shard_for(out: str, store_format: str | None, rank: int = 0) -> str:
+    """The shard this process writes: ``out`` itself when it names a shard, else ``out/shard-RRRRR.<fmt>``."""
+    if shard_kind(out) is not None:
+        if store_format and shard_kind(out) != store_format:
+            raise InputError(f"--out {out} ends in .{shard_kind(out)} but --format is {store_format}.")
+        return out
+    suffix = {"zarr": "zarr", "h5": "h5"}[store_format or "zarr"]
+    return fs.join(out, f"shard-{rank:05d}.{suffix}")
+
+
+def committed_elsewhere(out: str, own_shard: str) -> set[str]:
+    """Ids already committed in the other shards of a directory store (resume across shards)."""
+    if shard_kind(out) is not None or not fs.isdir(out):
+        return set()
+    done: set[str] = set()
+    for path in shard_paths(out):
+        if path.rstrip("/") != own_shard.rstrip("/"):
+            with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
+                done.update(read_ids(tree))
+    return done
+
+
+def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: str | None = None, *,
+            fps: float | None = None, num_frames: int | None = None, clips: int | None = None,
+            clip_len: int | None = None, stride: int | None = None, file_list: str | None = None,
+            model_config: str | None = None, device: str = "auto", precision: str = "auto",
+            dtype: str = "float16", batch_size: int = 64, workers: int | None = None,
+            store_format: str | None = None, encoder: VideoEncoder | None = None,
+            on_start: Callable[[int, int], None] | None = None,
+            on_progress: Callable[[RunStats, int], None] | None = None, **model_options: Any) -> ExtractSummary:
+    """Extract features of ``inputs`` into the store ``out``; committed videos are skipped.
+
+    Returns an :class:`ExtractSummary`; per-video failures are recorded in the store, not raised.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise InputError(f"Invalid --dtype ({dtype}). Choose from: {', '.join(STORAGE_DTYPES)}.")
+    if batch_size < 1:
+        raise InputError(f"Invalid --batch-size ({batch_size}). It must be >= 1.")
+    if workers is not None and workers < 0:
+        raise InputError(f"Invalid --workers ({workers}). It must be >= 0 (0 decodes in the main process).")
+    plan = SamplingPlan(fps=fps, num_frames=num_frames, clips=clips, clip_len=clip_len, stride=stride)
+    sources = unique_sources(expand_inputs(inputs, file_list))
+    if not sources:
+        raise InputError("No input videos: pass files, directories, globs or --file-list.")
+    if encoder is None:
+        encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
+    if not encoder.frame_level and plan.mode in ("fps", "all"):
+        raise InputError(
+            f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
+        )
+    shard = shard_for(out, store_format)
+    started = time.perf_counter()
+    with ShardWriter(shard, store_attrs(encoder, plan, dtype)) as writer:
+        done = writer.committed | committed_elsewhere(out, shard)
+        todo = [s for s in sources if s.video_id not in done]
+        failures: list[Failure] = []
+
+        def fail(failure: Failure) -> None:
+            failures.append(failure)
+            writer.fail(failure)
+
+        if on_start:
+            on_start(len(todo), len(sources) - len(todo))
+        stats = run(todo, encoder, plan, writer.add, fail, batch_size=batch_size, workers=workers,
+                    storage_dtype=dtype, on_progress=on_progress)
+    return ExtractSummary(
+        out=out, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
+        videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,
+    )
+
+
+

@@ -1,0 +1,115 @@
+"""The one surface every model family implements.
+
+The pipeline and the evaluator only talk to :class:`VideoEncoder`; a family file (``clip.py``,
+``clip_vip.py``, ``open_vclip.py``) adapts its network to it. Plain CLIP is the case where frames are
+encoded independently, so the pipeline may batch frames across videos (``frame_level = True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How frames must be prepared: resize the short side to ``image_size`` (``interpolation``),
+    centre-crop ``image_size`` x ``image_size``, scale to [0, 1], normalise with ``mean``/``std``."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+        }
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class VideoEmbeddings:
+    """Output of :meth:`VideoEncoder.encode_video`: raw (not normalised) projected embeddings."""
+
+    frames: torch.Tensor | None  # [B, T, D], or None for models with no per-frame output (CLIP-ViP)
+    clips: torch.Tensor  # [B, D]
+
+
+@dataclass
+class ModelIdentity:
+    """What a store records so that evaluation can rebuild exactly the same model (text tower included)."""
+
+    name: str  # registry / open_clip name as the user gave it, e.g. "ViT-B/16" or "clip-vip-b32"
+    pretrained: str  # tag ("openai", "laion2b_s32b_b82k"), a file path, or "none" (random init)
+    checkpoint_sha256: str | None = None  # of the weight file when pretrained is a path
+    options: dict[str, Any] = field(default_factory=dict)  # family options that change the numbers
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "options": dict(self.options),
+        }
+
+
+class VideoEncoder(nn.Module):
+    """Common surface of every model vfeat runs.
+
+    Subclasses set ``embed_dim``, ``preprocess``, ``frame_level`` and ``identity`` and implement
+    :meth:`encode_video`, :meth:`tokenize` and :meth:`encode_text_tokens`.
+    """
+
+    embed_dim: int
+    preprocess: Preprocess
+    identity: ModelIdentity
+    #: True when each frame's embedding does not depend on the other frames (plain CLIP), so frames of
+    #: different videos may share a batch and ``encode_frames`` is available.
+    frame_level: bool = False
+    #: False for models with clip-level outputs only (CLIP-ViP): the store then holds clips only.
+    frame_outputs: bool = True
+    #: Frames per clip the model was trained with (None: any number).
+    clip_len: int | None = None
+
+    def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
+        """``pixels`` [B, T, 3, H, W], preprocessed -> per-frame [B, T, D] (or None) and clip [B, D]."""
+        raise NotImplementedError
+
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` [N, 3, H, W] -> [N, D]. Only for ``frame_level`` models."""
+        raise NotImplementedError(f"{type(self).__name__} encodes whole clips, not single frames")
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Texts -> the token tensor(s) :meth:`encode_text_tokens` takes."""
+        raise NotImplementedError
+
+    def encode_text_tokens(self, tokens: Any) -> torch.Tensor:
+        """Tokens from :meth:`tokenize` (or the official token ids) -> raw text embeddings [N, D]."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str] | torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Texts or already tokenised ids -> raw (not normalised) text embeddings [N, D]."""
+        if isinstance(texts, (torch.Tensor, dict)):
+            return self.encode_text_tokens(texts)
+        return self.encode_text_tokens(self.tokenize(list(texts)))
+
+    @property
+    def logit_scale(self) -> float:
+        """The similarity scale, exp() of the stored parameter."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,165 @@
+"""Plain CLIP (every open_clip architecture) behind the :class:`VideoEncoder` surface.
+
+Frames are encoded independently, so this is the ``frame_level`` case: the pipeline batches frames of
+many videos together, and a clip's embedding is the mean of its frames' embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from vfeat.errors import ModelError
+from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
+from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
+from vfeat.models.weights import drop_archive_extras, interpolate_state_dicts, load_strict, read_state_dict, sha256_file, strip_prefix
+
+RANDOM = "none"
+
+
+class ClipEncoder(VideoEncoder):
+    frame_level = True
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocess: Preprocess, identity: ModelIdentity) -> None:
+        super().__init__()
+        self.model = model
+        self._tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.identity = identity
+        self.embed_dim = int(getattr(model.visual, "output_dim", 0) or _probe_dim(model, preprocess))
+
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
+        b, t = pixels.shape[:2]
+        frames = self.encode_frames(pixels.flatten(0, 1)).reshape(b, t, -1)
+        return VideoEmbeddings(frames=frames, clips=frames.float().mean(dim=1))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    def encode_text_tokens(self, tokens: Any) -> torch.Tensor:
+        if isinstance(tokens, dict):
+            tokens = tokens["input_ids"]
+        return self.model.encode_text(tokens.to(self.device))
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().float().exp())
+
+
+def _probe_dim(model: torch.nn.Module, preprocess: Preprocess) -> int:
+    with torch.no_grad():
+        size = preprocess.image_size
+        return int(model.encode_image(torch.zeros(1, 3, size, size)).shape[-1])
+
+
+def _register_config(config_path: str) -> str:
+    """Make an open_clip model-config JSON usable by name (its file stem)."""
+    import open_clip
+
+    path = Path(config_path)
+    if not path.is_file():
+        raise ModelError(f"--model-config {config_path}: file not found")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def build(name: str, pretrained: str | None = None, config_path: str | None = None, wise_with: str | None = None,
+          alpha: float | None = None, cache_dir: str | None = None) -> ClipEncoder:
+    """Build a CLIP encoder.
+
+    ``pretrained``: an open_clip tag (downloaded once into the hub cache), a local weight file (OpenAI
+    TorchScript archive, open_clip / OpenAI state dict), or ``"none"`` for random weights (tests and
+    benchmarks only). OpenAI names default to their ``openai`` weights. ``wise_with`` + ``alpha``:
+    WiSE-FT, weights ``(1 - alpha) * pretrained + alpha * wise_with``.
+    """
+    import open_clip
+
+    arch = _register_config(config_path) if config_path else open_clip_arch(name)
+    if arch not in open_clip.list_models():
+        raise ModelError(f"Unknown CLIP architecture '{name}'. Run `vfeat models` for the list.")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained is None:
+        if "openai" in tags:
+            pretrained = "openai"
+        else:
+            raise ModelError(f"--pretrained is required for {name}: one of {', '.join(tags) or '(no published tags)'}, a local file, or 'none'.")
+    is_file = pretrained != RANDOM and (os.path.sep in pretrained or os.path.exists(pretrained) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    if is_file:
+        quick_gelu = name in OPENAI_ALIASES  # OpenAI's own weights were trained with QuickGELU
+    elif pretrained == RANDOM:
+        quick_gelu = False
+    elif pretrained in tags:
+        quick_gelu = bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
+    else:
+        raise ModelError(
+            f"--pretrained '{pretrained}' is neither a file nor a known tag for {arch}; tags: {', '.join(tags) or '(none)'}."
+        )
+    identity_options: dict[str, Any] = {"architecture": arch, "quick_gelu": quick_gelu}
+    checkpoint_sha = None
+    if pretrained in tags and not is_file:
+        model = _download(arch, pretrained, quick_gelu, cache_dir)
+    else:
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+        if is_file:
+            checkpoint_sha = sha256_file(pretrained)
+            _load_file(model, pretrained)
+    if wise_with is not None:
+        if alpha is None:
+            raise ModelError("--wise-with needs --alpha (the weight of the second checkpoint, in [0, 1]).")
+        second = _file_state_dict(wise_with)
+        mixed = interpolate_state_dicts(_persistent_state(model), second, alpha, source=f"--wise-with {wise_with}")
+        load_strict(model, mixed, wise_with)
+        identity_options.update({"wise_with": str(wise_with), "wise_sha256": sha256_file(wise_with), "alpha": float(alpha)})
+    model.eval()
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    preprocess = Preprocess(
+        image_size=int(size[0] if isinstance(size, (tuple, list)) else size),
+        mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        resize_mode=str(cfg.get("resize_mode", "shortest")),
+    )
+    if config_path:
+        identity_options["model_config"] = str(config_path)
+    identity = ModelIdentity(name=name, pretrained=str(pretrained), checkpoint_sha256=checkpoint_sha, options=identity_options)
+    return ClipEncoder(model, open_clip.get_tokenizer(arch), preprocess, identity)
+
+
+def _persistent_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _file_state_dict(path: str) -> dict[str, torch.Tensor]:
+    state = drop_archive_extras(read_state_dict(path))
+    if all(k.startswith("module.") for k in state):
+        state = strip_prefix(state, "module.")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _load_file(model: torch.nn.Module, path: str) -> None:
+    state = _file_state_dict(path)
+    own = model.state_dict()
+    # Non-persistent buffers some versions save (attn_mask) are not weights.
+    state = {k: v for k, v in state.items() if k in own or not k.endswith("attn_mask")}
+    load_strict(model, state, path)
+
+
+def _download(arch: str, tag: str, quick_gelu: bool, cache_dir: str | None) -> torch.nn.Module:
+    import open_clip
+
+    try:
+        return open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+    except Exception as exc:  # network, hub and cache errors come in many types
+        cause = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"Could not get the '{tag}' weights for {arch} (offline and not in the cache? {cause}). "
+            f"Pass a local checkpoint instead: --pretrained /path/to/{arch}.pt (an OpenAI .pt archive or an "
+            "open_clip state dict), or run once online to fill the cache."
+        ) from None

@@ -1,0 +1,74 @@
+"""``load_model``: the one front door from a model name to a ready :class:`VideoEncoder`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+from vfeat.errors import InputError, ModelError
+from vfeat.models.base import VideoEncoder
+from vfeat.models.registry import check_name, get_spec
+
+#: Registry ``family`` -> module with ``build(spec, pretrained, config_path=None, **options)``.
+FAMILIES = {"clip_vip": "vfeat.models.clip_vip", "open_vclip": "vfeat.models.open_vclip"}
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the first GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"Invalid --device ({device}). Use auto, cpu, cuda or cuda:N.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is available on this machine.")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> fp16 on GPUs, fp32 on CPUs (bf16 on CPU is faster where supported but opt-in)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise InputError(f"Invalid --precision ({precision}). Choose from: auto, {', '.join(PRECISIONS)}.")
+    return PRECISIONS[precision]
+
+
+def load_model(name: str, pretrained: str | None = None, config: str | None = None, device: str = "cpu",
+               precision: str = "fp32", **options: Any) -> VideoEncoder:
+    """Build the model ``name`` with weights ``pretrained`` (tag, path or "none") on ``device``.
+
+    ``config``: an architecture file (open_clip JSON for CLIP; official config for video families).
+    Family options (``clip_weights``, ``patching_ratio``, ``wise_with``, ``alpha``) pass through.
+    """
+    spec = get_spec(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    if spec is None:
+        if config is None:
+            check_name(name)
+        from vfeat.models import clip
+
+        unknown = set(options) - {"wise_with", "alpha", "cache_dir"}
+        if unknown:
+            raise InputError(f"Option(s) {sorted(unknown)} do not apply to CLIP model {name}.")
+        encoder: VideoEncoder = clip.build(name, pretrained, config_path=config, **options)
+    else:
+        family = FAMILIES.get(spec["family"])
+        if family is None:
+            raise ModelError(f"{name}: unknown family '{spec['family']}' (known: {', '.join(FAMILIES)})")
+        if pretrained is None:
+            raise ModelError(f"{name} needs --pretrained: a checkpoint file ({spec.get('weights', 'see vfeat models')}) or 'none'.")
+        module = importlib.import_module(family)
+        encoder = module.build(spec, pretrained, config_path=config, **options)
+    target = resolve_device(device)
+    dtype = resolve_precision(precision, target)
+    encoder = encoder.to(target).eval()
+    if dtype != torch.float32:
+        encoder = encoder.to(dtype)
+    encoder.compute_dtype = dtype  # type: ignore[attr-defined]
+    return encoder

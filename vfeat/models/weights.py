@@ -1,0 +1,137 @@
+"""Reading weight files in every format the field ships, in one place.
+
+Formats: OpenAI's TorchScript archive (``ViT-B-32.pt``), a plain state dict, a dict wrapping one under
+``state_dict`` / ``model_state`` / ``model`` (open_clip training checkpoints, Open-VCLIP SWA files), and
+safetensors. Key prefixes added by wrappers (``module.``, ``model.``) are stripped by the caller that
+knows which prefix its format uses, via :func:`strip_prefix`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from vfeat.errors import ModelError
+
+#: Integer entries OpenAI's archives carry beside the weights; never parameters.
+OPENAI_ARCHIVE_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+_WRAPPER_KEYS = ("state_dict", "model_state", "model", "module")
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed (weight files are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """TorchScript archives are zip files with a ``code/`` folder (plain ``torch.save`` zips have none)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load the tensors of a weight file, whatever the wrapper, on the CPU, dtypes as stored.
+
+    Raises :class:`ModelError` naming the file when it is missing or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: weight file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path), device="cpu"))
+        if is_torchscript_archive(path):
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except ModelError:
+        raise
+    except Exception as exc:  # torch raises many types for a bad file; name the file and the cause
+        raise ModelError(f"{path}: could not read weights ({type(exc).__name__}: {exc})") from exc
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, torch.nn.Module):
+        return dict(obj.state_dict())
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, (Mapping, torch.nn.Module)):
+                return _unwrap(inner, path)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise ModelError(f"{path}: no state dict found (expected tensors, or a dict with one of {_WRAPPER_KEYS})")
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Drop ``prefix`` from every key that has it (keys without it are kept as they are)."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def drop_archive_extras(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the integer metadata entries of OpenAI archives."""
+    return {k: v for k, v in state_dict.items() if k not in OPENAI_ARCHIVE_EXTRAS}
+
+
+def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that names the missing, unexpected and misshapen
+    keys (a few of each) and the file they came from."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    misshapen = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or misshapen:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise ModelError(f"{source}: weights do not fit the architecture; " + "; ".join(parts))
+    with torch.no_grad():
+        module.load_state_dict({k: v for k, v in state_dict.items()}, strict=True)
+
+
+def interpolate_state_dicts(
+    first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor], alpha: float, source: str = "WiSE"
+) -> dict[str, torch.Tensor]:
+    """WiSE-FT weight-space interpolation: ``(1 - alpha) * first + alpha * second`` for floating tensors
+    (in fp32), integer tensors taken from ``first``. Keys and shapes must match exactly."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ModelError(f"Invalid --alpha ({alpha}). It must be in [0, 1].")
+    only_first = sorted(set(first) - set(second))
+    only_second = sorted(set(second) - set(first))
+    if only_first or only_second:
+        raise ModelError(
+            f"{source}: checkpoints are not compatible: {len(only_first)} keys only in the first "
+            f"({', '.join(only_first[:3])}), {len(only_second)} only in the second ({', '.join(only_second[:3])})"
+        )
+    mixed: dict[str, torch.Tensor] = {}
+    for key, a in first.items():
+        b = second[key]
+        if a.shape != b.shape:
+            raise ModelError(f"{source}: {key} has shape {tuple(a.shape)} in one checkpoint, {tuple(b.shape)} in the other")
+        if a.is_floating_point():
+            mixed[key] = (1.0 - alpha) * a.float() + alpha * b.float()
+        else:
+            mixed[key] = a
+    return mixed

@@ -1,0 +1,257 @@
+"""videos -> decode workers -> batches across videos -> model -> writer. The only module that knows all three.
+
+Decoding runs in worker processes feeding a bounded queue (memory stays bounded whatever the video
+length); the model runs here, on batches that mix frames (or clips) of several videos so short videos
+still fill a batch; a video is handed to the writer when all its rows are encoded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from vfeat.decode import Resize
+from vfeat.models.base import VideoEncoder
+from vfeat.sampling import SamplingPlan
+from vfeat.sources import VideoSource
+from vfeat.store.format import Failure, VideoRecord
+from vfeat.workers import decode_job, worker_main
+
+
+@dataclass
+class _Video:
+    """A video being assembled: rows arrive in chunks, embeddings fill in as batches run."""
+
+    source: VideoSource
+    info: dict[str, Any]
+    timestamps_ms: np.ndarray
+    clip_rows: list[list[int]]
+    frame_features: np.ndarray | None = None  # [rows, D]
+    clip_features: np.ndarray | None = None  # [clips, D]
+    rows_seen: int = 0
+    rows_encoded: int = 0
+    clips_encoded: int = 0
+    decoded: bool = False
+    pixels: dict[int, np.ndarray] = field(default_factory=dict)  # clip models: rows waiting for their clip
+    next_clip: int = 0
+
+
+@dataclass
+class RunStats:
+    videos_ok: int = 0
+    videos_failed: int = 0
+    frames: int = 0
+    decode_wait_s: float = 0.0
+    model_s: float = 0.0
+
+
+class Batcher:
+    """Collects encodable units across videos and runs the model when a batch is full."""
+
+    def __init__(self, encoder: VideoEncoder, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.encoder, self.device, self.dtype = encoder, device, dtype
+        self.frame_level = encoder.frame_level
+        size = encoder.preprocess.image_size
+        self.mean = torch.tensor(encoder.preprocess.mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(encoder.preprocess.std, device=device).view(1, 3, 1, 1) * 255.0
+        self.batch_size = batch_size
+        self.units: list[tuple[_Video, Any, np.ndarray]] = []  # (video, rows or clip index, uint8 pixels)
+        self.pending = 0
+        self.size = size
+
+    def _normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(pixels)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        tensor = tensor.permute(0, 3, 1, 2).float()
+        return ((tensor - self.mean) / self.std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def add(self, video: _Video, key: Any, pixels: np.ndarray) -> None:
+        self.units.append((video, key, pixels))
+        self.pending += len(pixels)
+        if self.pending >= self.batch_size:
+            self.run()
+
+    @torch.inference_mode()
+    def run(self) -> None:
+        if not self.units:
+            return
+        units, self.units, self.pending = self.units, [], 0
+        if self.frame_level:
+            pixels = np.concatenate([u[2] for u in units])
+            out = self.encoder.encode_frames(self._normalise(pixels)).float().cpu().numpy()
+            at = 0
+            for video, rows_per_frame, frames in units:
+                for i, rows in enumerate(rows_per_frame):
+                    video.frame_features[rows] = out[at + i]  # type: ignore[index]
+                    video.rows_encoded += len(rows)
+                at += len(frames)
+            return
+        clips = np.stack([u[2] for u in units])  # [B, T, S, S, 3]
+        b, t = clips.shape[:2]
+        result = self.encoder.encode_video(self._normalise(clips.reshape(b * t, *clips.shape[2:])).reshape(b, t, 3, self.size, self.size))
+        clip_out = result.clips.float().cpu().numpy()
+        frame_out = None if result.frames is None else result.frames.float().cpu().numpy()
+        for i, (video, clip_index, _) in enumerate(units):
+            video.clip_features[clip_index] = clip_out[i]  # type: ignore[index]
+            video.clips_encoded += 1
+            rows = video.clip_rows[clip_index]
+            if frame_out is not None:
+                video.frame_features[rows] = frame_out[i]  # type: ignore[index]
+            video.rows_encoded += len(rows)
+
+
+def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.dtype) -> VideoRecord:
+    ts = video.timestamps_ms
+    record = VideoRecord(
+        video_id=video.source.video_id,
+        path=video.source.path,
+        info={k: video.info[k] for k in ("fps", "duration_s", "width", "height", "num_frames", "start_time_s", "rotation")},
+        features=None if video.frame_features is None else video.frame_features.astype(dtype),
+        timestamps_ms=ts,
+    )
+    if video.clip_rows and (plan.mode == "clips" or not encoder.frame_level):
+        if video.clip_features is None:  # frame-level model: a clip is the mean of its frames
+            video.clip_features = np.stack([video.frame_features[rows].mean(axis=0) for rows in video.clip_rows])  # type: ignore[index]
+        record.clip_features = video.clip_features.astype(dtype)
+        record.clip_start_ms = np.array([ts[rows[0]] for rows in video.clip_rows], dtype=np.float64)
+        record.clip_end_ms = np.array([ts[rows[-1]] for rows in video.clip_rows], dtype=np.float64)
+    return record
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _messages_inline(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool) -> Iterator[tuple]:
+    for job, path in jobs:
+        yield from decode_job(job, path, plan, resize, one_clip)
+
+
+def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
+                           stats: RunStats) -> Iterator[tuple]:
+    """Start ``workers`` decode processes; yield their messages as they come (bounded queue)."""
+    ctx = mp.get_context("spawn")
+    job_queue = ctx.Queue()
+    results = ctx.Queue(maxsize=max(8, 4 * workers))
+    for item in jobs:
+        job_queue.put(item)
+    for _ in range(workers):
+        job_queue.put(None)
+    procs = [ctx.Process(target=worker_main, args=(job_queue, results, plan, resize, one_clip), daemon=True) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    running = workers
+    try:
+        while running:
+            start = time.perf_counter()
+            try:
+                message = results.get(timeout=1.0)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    raise RuntimeError("all decode workers exited unexpectedly") from None
+                continue
+            finally:
+                stats.decode_wait_s += time.perf_counter() - start
+            if message[0] == "exit":
+                running -= 1
+                continue
+            yield message
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=5)
+
+
+def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, commit: Callable[[VideoRecord], None],
+        fail: Callable[[Failure], None], batch_size: int = 64, workers: int | None = None, storage_dtype: str = "float16",
+        on_progress: Callable[[RunStats, int], None] | None = None) -> RunStats:
+    """Encode ``sources`` and hand each finished video to ``commit`` (failures to ``fail``)."""
+    stats = RunStats()
+    if not sources:
+        return stats
+    device = encoder.device
+    dtype = getattr(encoder, "compute_dtype", torch.float32)
+    pre = encoder.preprocess
+    resize = Resize(short_side=pre.image_size, crop=pre.image_size, interpolation=_swscale_name(pre.interpolation))
+    one_clip = not encoder.frame_level and plan.mode != "clips"
+    batch = Batcher(encoder, batch_size, device, dtype)
+    store_dtype = np.dtype(storage_dtype)
+    jobs = [(i, s.path) for i, s in enumerate(sources)]
+    workers = default_workers() if workers is None else workers
+    messages: Iterable[tuple] = (
+        _messages_inline(jobs, plan, resize, one_clip) if workers == 0 else _messages_from_workers(jobs, plan, resize, one_clip, workers, stats)
+    )
+    videos: dict[int, _Video] = {}
+
+    def drain(force: bool) -> None:
+        if force:
+            batch.run()
+        for job in [j for j, v in videos.items() if v.decoded and v.rows_encoded == len(v.timestamps_ms)]:
+            video = videos.pop(job)
+            commit(_finish(video, encoder, plan, store_dtype))
+            stats.videos_ok += 1
+            stats.frames += len(video.timestamps_ms)
+            if on_progress:
+                on_progress(stats, len(video.timestamps_ms))
+
+    for message in messages:
+        kind, job = message[0], message[1]
+        if kind == "video":
+            _, _, info, timestamps_ms, clip_rows = message
+            video = _Video(sources[job], info, timestamps_ms, clip_rows)
+            if encoder.frame_outputs:
+                video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), np.float32)
+            if clip_rows and not encoder.frame_level:
+                video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), np.float32)
+            videos[job] = video
+        elif kind == "frames":
+            _, _, rows, pixels = message
+            video = videos[job]
+            video.rows_seen += sum(len(r) for r in rows)
+            if encoder.frame_level:
+                batch.add(video, rows, pixels)
+            else:
+                for row_list, image in zip(rows, pixels):
+                    for row in row_list:
+                        video.pixels[row] = image
+                _push_ready_clips(video, batch)
+        elif kind == "done":
+            videos[job].decoded = True
+            if not encoder.frame_level:
+                _push_ready_clips(videos[job], batch)
+            drain(force=False)
+        elif kind == "error":
+            videos.pop(job, None)
+            source = sources[job]
+            fail(Failure(source.video_id, source.path, message[2]))
+            stats.videos_failed += 1
+            print(f"vfeat: skipped {message[2]}", file=sys.stderr)
+            if on_progress:
+                on_progress(stats, 0)
+    drain(force=True)
+    return stats
+
+
+def _push_ready_clips(video: _Video, batch: Batcher) -> None:
+    while video.next_clip < len(video.clip_rows):
+        rows = video.clip_rows[video.next_clip]
+        if not all(r in video.pixels for r in rows):
+            return
+        batch.add(video, video.next_clip, np.stack([video.pixels[r] for r in rows]))
+        for r in rows:
+            video.pixels.pop(r, None)
+        video.next_clip += 1
+
+
+def _swscale_name(interpolation: str) -> str:
+    return {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "POINT", "lanczos": "LANCZOS"}.get(interpolation.lower(), "BICUBIC")

@@ -1,0 +1,76 @@
+"""The store's public layout, written once here and documented in ``docs/store.md``.
+
+One shard is one Zarr v3 group (``*.zarr``) or one HDF5 file (``*.h5``) with the same tree. A directory
+holding shards is one dataset. Video ``i`` owns rows ``offsets[i]:offsets[i+1]`` of the row arrays and
+clips ``clips/offsets[i]:clips/offsets[i+1]``. ``offsets`` is written last when videos are appended, so
+its length is the committed video count: a reader ignores rows past ``offsets[-1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "vfeat-store"
+FORMAT_VERSION = 1
+
+SHARD_SUFFIXES = {".zarr": "zarr", ".h5": "h5", ".hdf5": "h5"}
+
+# Row arrays (one row per stored frame) and per-video arrays, with their dtypes.
+FRAME_ARRAYS = {"timestamps_ms": "float64"}
+VIDEO_ARRAYS: dict[str, str] = {
+    "videos/id": "str",
+    "videos/path": "str",
+    "videos/fps": "float64",
+    "videos/duration_s": "float64",
+    "videos/width": "int32",
+    "videos/height": "int32",
+    "videos/num_frames": "int64",
+    "videos/start_time_s": "float64",
+    "videos/rotation": "int32",
+}
+CLIP_ARRAYS = {"clips/start_ms": "float64", "clips/end_ms": "float64"}
+FAILURE_ARRAYS = {"failures/id": "str", "failures/path": "str", "failures/error": "str"}
+
+#: Root attributes that must match for a run to append to an existing store.
+IDENTITY_ATTRS = ("model", "sampling", "dtype", "embed_dim", "preprocess")
+
+
+@dataclass
+class VideoRecord:
+    """One finished video, ready to be committed: rows (per-frame and/or per-clip) and its metadata."""
+
+    video_id: str
+    path: str
+    info: dict[str, Any]  # fps, duration_s, width, height, num_frames, start_time_s, rotation
+    features: np.ndarray | None  # [rows, D] per-frame embeddings, or None (clip-only models)
+    timestamps_ms: np.ndarray  # [rows] presentation time of each stored frame, from the first frame
+    clip_features: np.ndarray | None = None  # [clips, D]
+    clip_start_ms: np.ndarray | None = None
+    clip_end_ms: np.ndarray | None = None
+
+
+@dataclass
+class Failure:
+    video_id: str
+    path: str
+    error: str
+
+
+@dataclass
+class Batch:
+    """What one commit appends: finished videos, plus failures to (re)record."""
+
+    videos: list[VideoRecord] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+def shard_kind(path: str) -> str | None:
+    """'zarr' / 'h5' from a shard path's suffix, None for anything else (a directory of shards)."""
+    lowered = str(path).rstrip("/").lower()
+    for suffix, kind in SHARD_SUFFIXES.items():
+        if lowered.endswith(suffix):
+            return kind
+    return None
