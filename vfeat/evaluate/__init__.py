@@ -1,0 +1,1 @@
+"""Evaluation of stored features: task files (tasks.py), annotation readers (annotations.py), numpy metrics."""
