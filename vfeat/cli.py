@@ -1,0 +1,192 @@
+"""The ``vfeat`` command line: parses flags, calls the library's front doors, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vfeat.errors import VfeatError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="vfeat: videos to per-frame CLIP embeddings on disk, and zero-shot evaluation from that cache.",
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"vfeat: error: {exc}", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+def _quiet_libraries() -> None:
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "random init" warnings on the root logger
+
+
+@app.command(epilog="""Examples:
+
+  vfeat extract videos/ more.mp4 --model ViT-B/16 --fps 1 --out feats.zarr
+
+  vfeat extract --file-list paths.txt --model ViT-L-14 --pretrained laion2b_s32b_b82k --num-frames 16 --out feats.h5
+
+  vfeat extract videos/ --model ViT-B-32 --pretrained ./my_finetuned.pt --fps 2 --batch-size 128 --device cuda:0 --out s.zarr
+
+Exit status: 0 when every video was stored, 1 when some videos failed (each failure is printed and
+recorded in the store, see `vfeat info`), 2 for a usage error (bad flag, unknown model, incompatible store).""")
+def extract(
+    inputs: List[str] = typer.Argument(None, help="Video files, directories (searched recursively), globs or URLs."),
+    out: str = typer.Option(..., "--out", "-o", help="Store to write: a shard (*.zarr or *.h5) or a directory of shards."),
+    model: str = typer.Option("ViT-B/32", "--model", "-m", help="Model name (see `vfeat models`)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", "-p", help="Weights: an open_clip tag, a local checkpoint file, or 'none' (random weights, tests and benchmarks only). OpenAI names default to 'openai'."),
+    model_config: Optional[str] = typer.Option(None, "--model-config", help="Architecture file: open_clip JSON for CLIP, official config for video models."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Sample F frames per second: the frame on screen at k/F s."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Sample N frames at segment centres (uniform)."),
+    clips: Optional[int] = typer.Option(None, "--clips", help="Sample V clips (views) spread evenly over the video."),
+    clip_len: Optional[int] = typer.Option(None, "--clip-len", help="Frames per clip (with --clips)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Source frames between a clip's frames (with --clips)."),
+    file_list: Optional[str] = typer.Option(None, "--file-list", help="Text file with one video path per line."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="Compute precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16."),
+    dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the features: float16 or float32."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Frames per model batch (batches mix videos)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: CPU cores - 1; 0 decodes in the main process)."),
+    store_format: Optional[str] = typer.Option(None, "--format", help="Shard format when --out is a directory: zarr (default) or h5."),
+    clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Open-VCLIP: the original CLIP weights used for --patching-ratio."),
+    patching_ratio: Optional[float] = typer.Option(None, "--patching-ratio", help="Open-VCLIP: weight of the original CLIP in the patched weights (0..1)."),
+    wise_with: Optional[str] = typer.Option(None, "--wise-with", help="WiSE-FT: second checkpoint to interpolate with."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="WiSE-FT: weight of --wise-with (0..1)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the run summary as JSON to this file."),
+) -> None:
+    """Extract per-frame (and per-clip) embeddings of videos into a feature store. Rerunning the same
+    command resumes: videos already in the store are skipped."""
+    _quiet_libraries()
+    from vfeat.extractor import extract as run_extract
+    from vfeat.progress import ExtractProgress
+
+    if not inputs and not file_list:
+        _fail(VfeatError("no input videos: pass files, directories, globs or --file-list"))
+    bar = ExtractProgress(enabled=progress)
+    try:
+        summary = run_extract(
+            list(inputs or []), out, model, pretrained, fps=fps, num_frames=num_frames, clips=clips, clip_len=clip_len,
+            stride=stride, file_list=file_list, model_config=model_config, device=device, precision=precision,
+            dtype=dtype, batch_size=batch_size, workers=workers, store_format=store_format,
+            on_start=bar.on_start, on_progress=bar.on_progress,
+            clip_weights=clip_weights, patching_ratio=patching_ratio, wise_with=wise_with, alpha=alpha,
+        )
+    except VfeatError as exc:
+        bar.close()
+        _fail(exc)
+        return
+    bar.close()
+    rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+    console.print(
+        f"{summary.videos_ok} stored, {summary.videos_failed} failed, {summary.videos_skipped} already in the store; "
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.out}",
+        markup=False, highlight=False,
+    )
+    if json_out:
+        Path(json_out).write_text(json.dumps({
+            "out": summary.out, "videos_total": summary.videos_total, "videos_ok": summary.videos_ok,
+            "videos_failed": summary.videos_failed, "videos_skipped": summary.videos_skipped, "frames": summary.frames,
+            "seconds": summary.seconds, "failures": [{"path": f.path, "error": f.error} for f in summary.failures],
+        }, indent=2))
+    if not summary.ok:
+        counts: dict[str, int] = {}
+        for failure in summary.failures:
+            reason = failure.error.split(": ", 1)[-1]
+            counts[reason] = counts.get(reason, 0) + 1
+        for reason, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+            err.print(f"  {count} x {reason}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Examples:\n\n  vfeat info feats.zarr\n\n  vfeat info features/ --json")
+def info(
+    store: str = typer.Argument(..., help="A shard (*.zarr, *.h5) or a directory of shards."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Describe a store: videos, frames, model, sampling, size on disk, failures."""
+    from vfeat.store.summary import describe
+
+    try:
+        summary = describe(store)
+    except VfeatError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    table = Table(title=store, show_header=False)
+    for key in ("videos", "frames", "clips", "embed_dim", "dtype", "model", "pretrained", "checkpoint_sha256", "sampling", "shards", "size_bytes", "vfeat_version"):
+        value = summary.get(key)
+        if value is not None:
+            table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    table.add_row("failures", str(len(summary["failures"])))
+    console.print(table)
+    for failure in summary["failures"][:20]:
+        console.print(f"  failed: {failure['error']}", markup=False, highlight=False)
+
+
+@app.command(epilog="Examples:\n\n  vfeat models\n\n  vfeat models 'ViT-B*'\n\n  vfeat models --json")
+def models(
+    pattern: str = typer.Argument("*", help="Glob over model names (case-insensitive)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List every model name and its pretrained tags (video models: where to get the official weights)."""
+    _quiet_libraries()
+    from vfeat.models.registry import get_spec, list_models, list_pretrained
+
+    rows = []
+    for name in list_models(pattern):
+        spec = get_spec(name)
+        rows.append({"name": name, "pretrained": list_pretrained(name), "family": spec["family"] if spec else "clip",
+                     "weights": (spec or {}).get("weights", "")})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("model", "family", "pretrained tags / official weights")
+    for row in rows:
+        table.add_row(row["name"], row["family"], ", ".join(row["pretrained"]) or str(row["weights"]).strip())
+    console.print(table)
+
+
+@app.command(epilog="Examples:\n\n  vfeat export feats.zarr --to npy out/\n\n  vfeat export feats.zarr --to pickle out/")
+def export(
+    store: str = typer.Argument(..., help="Store to export."),
+    dest: str = typer.Argument(..., help="Output directory."),
+    to: str = typer.Option("npy", "--to", help="npy (per video <stem>_clip.npy, <stem>_timestamps_ms.npy, <stem>_fps.npy) or pickle (one <stem>.pkl dict per video)."),
+) -> None:
+    """Export a store to the per-video file layout of the older video_features tool."""
+    from vfeat.store.export import export_store
+
+    try:
+        count = export_store(store, dest, to)
+    except VfeatError as exc:
+        _fail(exc)
+        return
+    console.print(f"exported {count} videos to {dest}", markup=False, highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except VfeatError as exc:
+        err.print(f"vfeat: error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
