@@ -297,3 +297,15 @@ def test_config_errors_are_for_people(tmp_path):
         clip_vip.build(spec_for("clip-vip-b32"), "none", config_path=str(tmp_path / "missing.json"))
     with pytest.raises(ModelError, match="unknown option"):
         clip_vip.build(spec_for("clip-vip-b32"), "none", patching_ratio=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_runs_when_cast_to_low_precision(ext, dtype):
+    """``load_model(precision=...)`` casts the whole encoder; the numbers stay those of fp32 up to rounding."""
+    _, inputs, expected = ext
+    encoder = load("clip_vip_ext")[0].to(dtype)
+    with torch.no_grad():
+        video = encoder.encode_video(inputs["pixel_values"]).clips.float()
+        text = encoder.encode_text({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}).float()
+    assert (normalize(video) * expected["video_embeds_normalized"]).sum(-1).min() > 0.999
+    assert (normalize(text) * expected["text_embeds_normalized"]).sum(-1).min() > 0.999

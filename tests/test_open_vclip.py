@@ -288,3 +288,16 @@ def test_key_mismatch_is_named(tmp_path):
 def test_checkpoint_of_another_size_than_the_registry_is_refused():
     with pytest.raises(ModelError, match=r"checkpoint\.pt: the weights have embed_dim 32 but the architecture says 512"):
         open_vclip.build(spec_for("open-vclip-b16"), str(fixture_dir() / "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_runs_when_cast_to_low_precision(data, dtype):
+    """``load_model(precision=...)`` casts the whole encoder (layer norms included); still the fp32 numbers
+    up to rounding, and the zero-filled neighbours take the model's dtype."""
+    inputs, expected = data
+    encoder = build(0.5).to(dtype)
+    with torch.no_grad():
+        frames = encoder.encode_video(inputs["frames"].reshape(2, 4, 3, 32, 32)).frames.reshape(8, -1).float()
+        text = encoder.encode_text_tokens(inputs["input_ids"]).float()
+    assert (normalize(frames) * expected["frame_embeds_normalized_ratio_0.5"]).sum(-1).min() > 0.999
+    assert (normalize(text) * normalize(expected["text_embeds_ratio_0.5"])).sum(-1).min() > 0.999

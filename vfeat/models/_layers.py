@@ -181,7 +181,8 @@ class LayerNormFP32(nn.LayerNorm):
     """OpenAI's ``LayerNorm``: computed in fp32 whatever the input dtype, cast back."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        weight, bias = self.weight.float(), self.bias.float()  # also when the whole model was cast to fp16/bf16
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class ResidualAttentionBlock(nn.Module):
