@@ -180,6 +180,140 @@ def export(
     console.print(f"exported {count} videos to {dest}", markup=False, highlight=False)
 
 
+@app.command(epilog="""Examples:
+
+  vfeat evaluate --features ucf.zarr --task ucf101
+
+  vfeat evaluate --features k400/ --task kinetics400 --json k400.json
+
+  vfeat evaluate --features s.zarr --classes classes.txt --templates templates.txt --labels labels.csv
+
+  vfeat evaluate --features msrvtt.zarr --task msrvtt --captions MSRVTT_JSFUSION_test.csv --dsl
+
+  vfeat evaluate --features s.zarr --multiple-choice mc.csv
+
+Metrics are percentages (0-100); ranks are 1-based. See docs/evaluate.md.""")
+def evaluate(
+    features: str = typer.Option(..., "--features", "-f", help="Feature store (shard or directory)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name(s), comma-separated (configs/tasks/*.yaml) or a task YAML path."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class list file (one label per line)."),
+    templates: Optional[str] = typer.Option(None, "--templates", help="Prompt templates file (one per line, each with {})."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="CSV video_id,label (overrides labels from file names/folders)."),
+    captions: Optional[str] = typer.Option(None, "--captions", help="Retrieval annotations: CSV/JSONL video_id,caption, or the task's official file."),
+    multiple_choice: Optional[str] = typer.Option(None, "--multiple-choice", help="CSV video_id,candidate_1..N,answer_index (0-based)."),
+    dsl: bool = typer.Option(False, "--dsl", help="Retrieval: dual-softmax re-scoring S * softmax(100 S) over texts, as CLIP-ViP does."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved (checked by sha256)."),
+    device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to this file."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure (PNG): confusion matrix / per-class bars, or recall@K curve."),
+) -> None:
+    """Zero-shot classification, text-video retrieval or multiple choice from a feature store."""
+    _quiet_libraries()
+    from vfeat.evaluate.run import evaluate as run_evaluate
+
+    try:
+        results = run_evaluate(features, task, classes=classes, templates=templates, labels=labels, captions=captions,
+                               multiple_choice=multiple_choice, dsl=dsl, device=device, pretrained=pretrained)
+    except VfeatError as exc:
+        _fail(exc)
+        return
+    table = Table("task", "metric", "value", title=f"{features}")
+    for result in results:
+        for key, value in result["metrics"].items():
+            table.add_row(result["task"], key, f"{value:.2f}")
+    console.print(table)
+    for result in results:
+        for note in result["notes"]:
+            console.print(f"{result['task']}: {note}", markup=False, highlight=False)
+    if json_out:
+        slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
+        Path(json_out).write_text(json.dumps(slim, indent=2, default=str))
+    if plot:
+        from vfeat.evaluate.plots import plot_result
+
+        for result in results:
+            target = plot if len(results) == 1 else str(Path(plot).with_name(f"{Path(plot).stem}_{result['task']}{Path(plot).suffix or '.png'}"))
+            plot_result(result, target)
+
+
+@app.command(epilog="""Examples:
+
+  vfeat predict --features s.zarr --texts "a dog smiles" "a woman is lifting" --out preds.parquet --plot p.png
+
+  vfeat predict --features s.zarr --task kinetics400 --top 5""")
+def predict(
+    more_texts: Optional[List[str]] = typer.Argument(None, metavar="[TEXTS]...", help="More candidate texts (so `--texts A B C` works)."),
+    features: str = typer.Option(..., "--features", "-f", help="Feature store."),
+    texts: Optional[List[str]] = typer.Option(None, "--texts", help="Candidate texts (each its own label): --texts A B C."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Use a classification task's classes and prompts."),
+    top: int = typer.Option(1, "--top", help="Labels shown per frame."),
+    out_path: Optional[str] = typer.Option(None, "--out", help="Save predictions (.parquet, .csv or .jsonl)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Timeline heatmap PNG (texts x time), one per video."),
+    limit: int = typer.Option(50, "--limit", help="Rows printed on the terminal (all rows go to --out)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
+    device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
+) -> None:
+    """Per-frame zero-shot predictions: for each stored frame, the best labels with logit and probability."""
+    _quiet_libraries()
+    from vfeat.evaluate.explore import predict as run_predict
+
+    try:
+        result = run_predict(features, texts=(texts or []) + (more_texts or []) or None, task=task, top=top, device=device, pretrained=pretrained)
+    except VfeatError as exc:
+        _fail(exc)
+        return
+    table = Table("video", "time (s)", "label", "logit", "probability")
+    for row in result["rows"][:limit]:
+        table.add_row(row["video_id"], f"{row['timestamp_ms'] / 1000:.3f}", row["label"], f"{row['logit']:.2f}", f"{row['probability']:.3f}")
+    console.print(table)
+    if len(result["rows"]) > limit:
+        console.print(f"... {len(result['rows']) - limit} more rows (use --out to save all)", markup=False, highlight=False)
+    if out_path:
+        import pandas as pd
+
+        frame = pd.DataFrame(result["rows"])
+        if out_path.endswith(".csv"):
+            frame.to_csv(out_path, index=False)
+        elif out_path.endswith(".jsonl"):
+            frame.to_json(out_path, orient="records", lines=True)
+        else:
+            frame.to_parquet(out_path, index=False)
+    if plot:
+        from vfeat.evaluate.plots import plot_timelines
+
+        plot_timelines(result["labels"], result["timelines"], plot)
+
+
+@app.command(epilog="""Examples:
+
+  vfeat search --features s.zarr "a person riding a bike" --top 10
+
+  vfeat search --features s.zarr "a rabbit" --json hits.json""")
+def search(
+    query: str = typer.Argument(..., help="Text to search for."),
+    features: str = typer.Option(..., "--features", "-f", help="Feature store."),
+    top: int = typer.Option(10, "--top", help="Number of moments to return."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write hits as JSON to this file."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
+    device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
+) -> None:
+    """Find the moments (video, time) that best match a text."""
+    _quiet_libraries()
+    from vfeat.evaluate.explore import search as run_search
+
+    try:
+        hits = run_search(features, query, top=top, device=device, pretrained=pretrained)
+    except VfeatError as exc:
+        _fail(exc)
+        return
+    table = Table("rank", "video", "time (s)", "score")
+    for hit in hits:
+        table.add_row(str(hit["rank"]), hit["video_id"], f"{hit['timestamp_ms'] / 1000:.3f}", f"{hit['score']:.4f}")
+    console.print(table)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"query": query, "features": features, "hits": hits}, indent=2))
+
+
 def main() -> None:
     try:
         app()

@@ -46,6 +46,20 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
     ``config``: an architecture file (open_clip JSON for CLIP; official config for video families).
     Family options (``clip_weights``, ``patching_ratio``, ``wise_with``, ``alpha``) pass through.
     """
+    with torch.random.fork_rng(devices=[]):
+        if pretrained == "none":
+            torch.manual_seed(0)  # random weights are reproducible, so evaluation rebuilds the same text tower
+        encoder = _build(name, pretrained, config, options)
+    target = resolve_device(device)
+    dtype = resolve_precision(precision, target)
+    encoder = encoder.to(target).eval()
+    if dtype != torch.float32:
+        encoder = encoder.to(dtype)
+    encoder.compute_dtype = dtype  # type: ignore[attr-defined]
+    return encoder
+
+
+def _build(name: str, pretrained: str | None, config: str | None, options: dict[str, Any]) -> VideoEncoder:
     spec = get_spec(name)
     options = {k: v for k, v in options.items() if v is not None}
     if spec is None:
@@ -65,10 +79,4 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
             raise ModelError(f"{name} needs --pretrained: a checkpoint file ({spec.get('weights', 'see vfeat models')}) or 'none'.")
         module = importlib.import_module(family)
         encoder = module.build(spec, pretrained, config_path=config, **options)
-    target = resolve_device(device)
-    dtype = resolve_precision(precision, target)
-    encoder = encoder.to(target).eval()
-    if dtype != torch.float32:
-        encoder = encoder.to(dtype)
-    encoder.compute_dtype = dtype  # type: ignore[attr-defined]
     return encoder

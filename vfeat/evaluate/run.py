@@ -1,0 +1,145 @@
+"""``evaluate``: zero-shot classification, retrieval and multiple choice from a feature store.
+
+Reads only the store (video embeddings) and the store's own model (its text tower). Every result carries
+the model, checkpoint hash, task file, templates, counts and vfeat version, so a number can be traced.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vfeat.errors import InputError
+from vfeat.evaluate import metrics
+from vfeat.evaluate.annotations import build_retrieval_index, read_captions, read_multiple_choice, match_ids
+from vfeat.evaluate.tasks import Task, labels_for, load_task, task_from_files
+from vfeat.evaluate.text import class_embeddings, embed_texts, load_store_model
+from vfeat.evaluate.video import video_embeddings
+from vfeat.store.reader import open_store
+
+
+@dataclass
+class Result:
+    task: str
+    type: str
+    metrics: dict[str, float]
+    counts: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        return {"task": self.task, "type": self.type, **provenance, "counts": self.counts, "metrics": self.metrics,
+                **self.details, "notes": self.notes}
+
+
+def resolve_tasks(task: str | None, classes: str | None, templates: str | None, captions: str | None,
+                  multiple_choice: str | None) -> list[Task | None]:
+    """The tasks named on the command line (comma-separated), or a custom one from files."""
+    tasks: list[Task | None] = []
+    for name in [t.strip() for t in (task or "").split(",") if t.strip()]:
+        loaded = load_task(name)
+        if classes or templates:
+            loaded = task_from_files(classes, templates, base=loaded)
+        tasks.append(loaded)
+    if not tasks:
+        if classes or templates:
+            tasks.append(task_from_files(classes, templates))
+        elif captions:
+            tasks.append(Task(name="retrieval", type="retrieval", captions={"format": "generic"}))
+        elif multiple_choice:
+            tasks.append(Task(name="multiple_choice", type="multiple_choice"))
+        else:
+            raise InputError("Nothing to evaluate: pass --task, --classes, --captions or --multiple-choice.")
+    return tasks
+
+
+def evaluate(features: str, task: str | None = None, *, classes: str | None = None, templates: str | None = None,
+             labels: str | None = None, captions: str | None = None, multiple_choice: str | None = None,
+             dsl: bool = False, device: str = "cpu", pretrained: str | None = None) -> list[dict[str, Any]]:
+    """Evaluate the store ``features`` on each task; returns one result dict per task."""
+    tasks = resolve_tasks(task, classes, templates, captions, multiple_choice)
+    with open_store(features) as store:
+        attrs = store.attrs
+        ids, videos = video_embeddings(store)
+    encoder = load_store_model(attrs, device=device, pretrained=pretrained)
+    model = attrs.get("model", {})
+    results = []
+    for t in tasks:
+        if t.type == "classification":
+            result = _classification(t, ids, videos, encoder, labels)
+        elif t.type == "retrieval":
+            if not captions:
+                raise InputError(f"Task {t.name} is retrieval: pass --captions FILE ({t.captions.get('file', 'video_id,caption CSV')}).")
+            result = _retrieval(t, ids, videos, encoder, captions, dsl)
+        else:
+            if not multiple_choice:
+                raise InputError(f"Task {t.name} is multiple choice: pass --multiple-choice FILE.")
+            result = _multiple_choice(t, ids, videos, encoder, multiple_choice)
+        provenance = {
+            "model": model, "store": features, "task_file": str(t.path) if t.path else None,
+            "templates": list(t.templates), "vfeat_version": attrs.get("vfeat_version"),
+            "hardware": {"machine": platform.machine(), "processor": platform.processor(), "device": device},
+        }
+        results.append(result.as_dict(provenance))
+    return results
+
+
+def _classification(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, labels_csv: str | None) -> Result:
+    if not task.templates:
+        raise InputError(f"Task {task.name} has no templates.")
+    y, report = labels_for(task, ids, labels_csv=labels_csv)
+    keep = y >= 0
+    if not keep.any():
+        raise InputError(f"No stored video got a label for task {task.name}: {report.summary()}")
+    text = class_embeddings(encoder, task.prompts())
+    scores = videos[keep] @ text.T
+    result = metrics.classification_metrics(scores, y[keep])
+    per_class = result.pop("per_class_accuracy")
+    result.pop("num_samples", None)
+    counts = {"videos_in_store": len(ids), "videos_evaluated": int(keep.sum()), "videos_without_label": int((~keep).sum()),
+              "classes": len(task.classes), "unknown_labels": report.unknown_labels}
+    details = {"per_class_accuracy": {c: (None if np.isnan(a) else a) for c, a in zip(task.classes, per_class)},
+               "predictions": {"ids": [i for i, k in zip(ids, keep) if k], "true": y[keep].tolist(),
+                               "pred": np.argmax(scores, axis=1).tolist()}}
+    return Result(task.name, task.type, result, counts, details, [report.summary()])
+
+
+def _retrieval(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, captions_path: str, dsl: bool) -> Result:
+    fmt = task.captions.get("format", "generic") if task.captions else "generic"
+    options = {k: task.captions[k] for k in ("subset", "level") if task.captions and k in task.captions}
+    pairs = read_captions(captions_path, fmt, **options)
+    index = build_retrieval_index(pairs, ids, strip_prefix=(task.captions or {}).get("strip_prefix", ""))
+    if not index.captions:
+        raise InputError(f"No caption in {captions_path} matches a stored video: {index.match.summary()}")
+    gallery = videos[[ids.index(v) for v in index.video_ids]]
+    text = embed_texts(encoder, index.captions)
+    targets = np.asarray(index.caption_video)
+    t2v = metrics.blockwise_ranks(text, gallery, targets, dsl_over="queries" if dsl else None)
+    queries = np.unique(targets)
+    v2t = metrics.blockwise_ranks(gallery[queries], text, queries, key_groups=targets, dsl_over="keys" if dsl else None)
+    result = {**metrics.rank_summary(t2v, prefix="t2v_"), **metrics.rank_summary(v2t, prefix="v2t_")}
+    counts = {"captions": len(index.captions), "videos": len(index.video_ids), "captions_without_video": index.num_dropped_captions,
+              "videos_without_caption": len(index.match.unmatched_store), "dsl": dsl}
+    recall_curve = {str(k): float(100.0 * np.mean(t2v <= k)) for k in (1, 2, 5, 10, 20, 50, 100)}
+    return Result(task.name, task.type, result, counts, {"t2v_recall_curve": recall_curve}, [index.match.summary()])
+
+
+def _multiple_choice(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, path: str) -> Result:
+    questions = read_multiple_choice(path)
+    match = match_ids([q.video_id for q in questions], ids)
+    kept = [q for q in questions if q.video_id in match.mapping]
+    if not kept:
+        raise InputError(f"No question in {path} matches a stored video: {match.summary()}")
+    width = max(len(q.candidates) for q in kept)
+    scores = np.full((len(kept), width), -np.inf)
+    position = {v: i for i, v in enumerate(ids)}
+    for row, q in enumerate(kept):
+        emb = embed_texts(encoder, list(q.candidates))
+        scores[row, : len(q.candidates)] = emb @ videos[position[match.mapping[q.video_id]]]
+    result = metrics.multiple_choice_accuracy(scores, [q.answer for q in kept])
+    result.pop("num_questions", None)
+    counts = {"questions": len(questions), "questions_evaluated": len(kept), "questions_without_video": len(questions) - len(kept)}
+    return Result(task.name, task.type, result, counts, {}, [match.summary()])
