@@ -4,7 +4,8 @@ CLIP-ViP is written on Hugging Face's CLIP (``self_attn.q_proj``, ``layer_norm1`
 OpenAI's CLIP (``attn.in_proj_weight``, ``ln_1``, ``mlp.c_fc``). Each block takes the attention *core* as an
 argument, because that core is exactly where the two families differ from image CLIP (proxy-guided attention,
 neighbour-frame keys); projections, norms and MLPs stay the stock ones so that ``state_dict()`` keeps the
-official names. All tensors are batch-first ``[N, L, D]``.
+official names. All tensors are batch-first ``[N, L, D]``. The last section holds the few loading helpers the
+two families share (OpenAI's BPE tokenizer, weight-file checks).
 """
 
 from __future__ import annotations
@@ -226,14 +227,15 @@ def openai_bpe() -> Any:
     return SimpleTokenizer()
 
 
-def weight_file(path: str, spec: Mapping[str, Any], what: str = "checkpoint") -> tuple[str, str]:
-    """Check that a local weight file exists and hash it; the error says where the official weights are."""
+def weight_sha256(path: str, spec: Mapping[str, Any], what: str = "checkpoint") -> str:
+    """Hash a local weight file (the identity records it); a missing one is an error saying where the official
+    weights are published."""
     if not Path(path).is_file():
         raise ModelError(
             f"{path}: {spec.get('name', 'model')} {what} not found. "
             f"Download the official weights from: {spec.get('weights', 'the official release')}"
         )
-    return path, sha256_file(path)
+    return sha256_file(path)
 
 
 def check_expected(name: str, expected: Any, actual: Any, source: str) -> None:

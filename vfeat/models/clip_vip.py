@@ -31,7 +31,7 @@ from vfeat.models._layers import (
     attend,
     check_expected,
     openai_bpe,
-    weight_file,
+    weight_sha256,
 )
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
 from vfeat.models.weights import load_strict, read_state_dict, strip_prefix
@@ -315,6 +315,7 @@ class ClipVipEncoder(VideoEncoder):
     """CLIP-ViP behind :class:`VideoEncoder`: one raw embedding per clip, no per-frame output."""
 
     frame_level = False
+    frame_outputs = False  # one embedding per clip: the store holds clips only
 
     def __init__(self, config: ClipVipConfig, identity: ModelIdentity):
         super().__init__()
@@ -373,7 +374,7 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
     check_expected("architecture", options.get("architecture"), config.as_official(), spec.get("name", "clip-vip"))
     sha = None
     if pretrained != "none":
-        pretrained, sha = weight_file(pretrained, spec)
+        sha = weight_sha256(pretrained, spec)
     identity = ModelIdentity(
         name=spec["name"],
         pretrained=pretrained,

@@ -32,7 +32,7 @@ from vfeat.models._layers import (
     causal_mask,
     check_expected,
     openai_bpe,
-    weight_file,
+    weight_sha256,
 )
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
 from vfeat.models.weights import drop_archive_extras, load_strict, read_state_dict, strip_prefix
@@ -293,10 +293,10 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
 
     state, sha, clip_sha = None, None, None
     if pretrained != "none":
-        pretrained, sha = weight_file(pretrained, spec)
+        sha = weight_sha256(pretrained, spec)
         state = _openai_names(read_state_dict(pretrained))
         if ratio > 0:
-            clip_weights, clip_sha = weight_file(clip_weights, spec, what="original CLIP weights (clip_weights)")
+            clip_sha = weight_sha256(clip_weights, spec, what="original CLIP weights (clip_weights)")
             check_expected("clip_weights_sha256", options.get("clip_weights_sha256"), clip_sha, clip_weights)
             original = _openai_names(read_state_dict(clip_weights))
             state = patch_state_dict(state, original, ratio, source=f"{pretrained} + {clip_weights}")
