@@ -45,7 +45,8 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
     family_options = {k: options[k] for k in ("clip_weights", "patching_ratio") if k in options}
     if "wise_with" in options:
         family_options.update(wise_with=options["wise_with"], alpha=options["alpha"])
-    return load_model(name, weights, config=options.get("model_config"), device=device, precision="fp32", **family_options)
+    config = options.get("model_config") or options.get("config_path")
+    return load_model(name, weights, config=config, device=device, precision="fp32", **family_options)
 
 
 def _key(identity: dict[str, Any], texts: Sequence[str]) -> str:

@@ -151,15 +151,36 @@ def _load_file(model: torch.nn.Module, path: str) -> None:
     load_strict(model, state, path)
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def _download(arch: str, tag: str, quick_gelu: bool, cache_dir: str | None) -> torch.nn.Module:
+    """Weights by tag through open_clip (hub cache first). Offline, only the cache is tried, so a missing
+    weight fails at once with one clear message instead of minutes of retries."""
+    import logging
+
+    import huggingface_hub.constants as hub_constants
     import open_clip
 
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    offline_before = hub_constants.HF_HUB_OFFLINE
+    if not offline_before and not _hub_reachable():
+        hub_constants.HF_HUB_OFFLINE = True
     try:
         return open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
     except Exception as exc:  # network, hub and cache errors come in many types
-        cause = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        cause = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ModelError(
-            f"Could not get the '{tag}' weights for {arch} (offline and not in the cache? {cause}). "
+            f"Could not get the '{tag}' weights for {arch}: not in the cache and the hub cannot be reached ({cause}). "
             f"Pass a local checkpoint instead: --pretrained /path/to/{arch}.pt (an OpenAI .pt archive or an "
             "open_clip state dict), or run once online to fill the cache."
         ) from None
+    finally:
+        hub_constants.HF_HUB_OFFLINE = offline_before

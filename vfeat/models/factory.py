@@ -50,6 +50,8 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
         if pretrained == "none":
             torch.manual_seed(0)  # random weights are reproducible, so evaluation rebuilds the same text tower
         encoder = _build(name, pretrained, config, options)
+    if config is not None:  # evaluation must rebuild the same architecture from the store's attributes
+        encoder.identity.options.setdefault("model_config", str(config))
     target = resolve_device(device)
     dtype = resolve_precision(precision, target)
     encoder = encoder.to(target).eval()

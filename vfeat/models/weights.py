@@ -56,7 +56,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             return dict(load_file(str(path), device="cpu"))
         if is_torchscript_archive(path):
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, but it is the format
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except ModelError:
         raise
