@@ -31,7 +31,7 @@ def _fail(exc: Exception) -> None:
 
 
 def _quiet_libraries() -> None:
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "random init" warnings on the root logger
+    logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs "random init" warnings on the root logger
 
 
 @app.command(epilog="""Examples:
