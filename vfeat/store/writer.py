@@ -10,6 +10,7 @@ merge and the part's deletion is harmless. The part's deletion is the last step 
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 import uuid
@@ -41,12 +42,14 @@ def check_compatible(path: str, existing: dict[str, Any], wanted: dict[str, Any]
 class ShardWriter:
     """Appends videos to one shard (created on first use). Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str, attrs: dict[str, Any], flush_videos: int = 32, flush_seconds: float = 20.0) -> None:
+    def __init__(self, path: str, attrs: dict[str, Any], flush_videos: int | None = None, flush_seconds: float = 20.0) -> None:
         kind = shard_kind(path)
         if kind is None:
             raise StoreError(f"{path}: a shard path must end in .zarr or .h5")
         self.path, self.kind, self.attrs = str(path), kind, attrs
-        self.flush_videos, self.flush_seconds = flush_videos, flush_seconds
+        # VFEAT_FLUSH_VIDEOS: commit more often (tests of crash recovery use 1).
+        self.flush_videos = flush_videos or int(os.environ.get("VFEAT_FLUSH_VIDEOS", "32"))
+        self.flush_seconds = flush_seconds
         self._pending = Batch()
         self._last_flush = time.monotonic()
         self._parts: list[str] = []
