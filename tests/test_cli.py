@@ -1,0 +1,232 @@
+"""The ``vfeat`` command line: a couple of real invocations of the installed command (exit codes, stderr
+lines, no tracebacks), the rest through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from conftest import make_video, run_ffmpeg
+from vfeat.cli import app
+
+runner = CliRunner()
+COMMANDS = sorted(typer.main.get_command(app).commands)
+
+
+def vfeat_command() -> list[str]:
+    """The installed console script (what users run), or the module when it is not on PATH."""
+    script = shutil.which("vfeat")
+    return [script] if script else [sys.executable, "-m", "vfeat.cli"]
+
+
+def one_line(text: str) -> str:
+    """Rich wraps long messages at the terminal width (80 when piped); join them back."""
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("cli"), "clip.mp4", 1.0, 25, (96, 64))
+
+
+# -- help and listing -----------------------------------------------------------------------------------
+
+def test_top_level_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("extract", "info", "models", "export"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_examples(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Examples" in result.output
+    assert f"vfeat {command} " in result.output  # the examples are invocations of this command
+
+
+def test_models_lists_openai_names_and_tags():
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    for name in ("ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", "RN50"):
+        assert "openai" in rows[name]["pretrained"], name
+    assert "laion2b_s34b_b79k" in rows["ViT-B-32"]["pretrained"]
+    table = runner.invoke(app, ["models", "ViT-B/32"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0
+    assert "ViT-B/32" in table.output and "openai" in table.output
+
+
+def test_models_pattern_filters():
+    result = runner.invoke(app, ["models", "RN50*", "--json"])
+    names = [row["name"] for row in json.loads(result.output)]
+    assert names and all(n.lower().startswith("rn50") for n in names)
+    assert "ViT-B/32" not in names
+
+
+# -- real invocations ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory, tiny_model, small_video):
+    """One real ``vfeat extract`` over a folder with a good video and bad files, plus a missing path."""
+    d = tmp_path_factory.mktemp("cli-run")
+    folder = d / "videos"
+    folder.mkdir()
+    shutil.copy(small_video, folder / "good.mp4")
+    (folder / "zero.mp4").write_bytes(b"")
+    (folder / "letter.mp4").write_text("Dear reader, this is not a video.\n" * 30)
+    data = small_video.read_bytes()
+    (folder / "half.mp4").write_bytes(data[: len(data) * 30 // 100])
+    run_ffmpeg(["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", folder / "beep.mp4"])
+    missing = d / "gone.mp4"
+    store = d / "s.zarr"
+    summary = d / "summary.json"
+    proc = subprocess.run([*vfeat_command(), "extract", str(folder), str(missing), "--out", str(store), "--fps", "1",
+                           "--no-progress", "--json", str(summary), *tiny_model.cli_args()],
+                          capture_output=True, text=True, timeout=120)
+    bad = {"zero.mp4": folder / "zero.mp4", "letter.mp4": folder / "letter.mp4", "half.mp4": folder / "half.mp4",
+           "beep.mp4": folder / "beep.mp4", "gone.mp4": missing}
+    return {"proc": proc, "store": store, "summary": summary, "bad": bad}
+
+
+def test_bad_inputs_exit_1_with_one_line_each(failed_run):
+    proc = failed_run["proc"]
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("vfeat: skipped ")]
+    assert len(skipped) == 5, proc.stderr
+    for name, path in failed_run["bad"].items():
+        lines = [line for line in skipped if line.startswith(f"vfeat: skipped {path}: ")]
+        assert len(lines) == 1, (name, proc.stderr)
+        assert len(lines[0]) > len(f"vfeat: skipped {path}: ")  # a reason follows the file name
+    assert any(line.startswith(f"vfeat: skipped {failed_run['bad']['gone.mp4']}: file not found") for line in skipped)
+    assert any(line.startswith(f"vfeat: skipped {failed_run['bad']['beep.mp4']}: no video stream") for line in skipped)
+    assert "1 stored, 5 failed, 0 already in the store" in one_line(proc.stdout)
+
+
+def test_summary_json(failed_run):
+    summary = json.loads(failed_run["summary"].read_text())
+    assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (6, 1, 5)
+    assert sorted(f["path"] for f in summary["failures"]) == sorted(str(p) for p in failed_run["bad"].values())
+
+
+def test_info_json_lists_failures(failed_run):
+    proc = subprocess.run([*vfeat_command(), "info", str(failed_run["store"]), "--json"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert (info["videos"], info["frames"], info["embed_dim"], info["dtype"]) == (1, 1, 32, "float16")
+    assert info["model"] == "vfeat-tiny-vit"
+    assert info["sampling"] == {"mode": "fps", "fps": 1.0}
+    failures = info["failures"]
+    assert sorted(f["path"] for f in failures) == sorted(str(p) for p in failed_run["bad"].values())
+    for failure in failures:
+        assert {"path", "error"} <= set(failure)
+        assert failure["error"].startswith(f"{failure['path']}: ")
+
+
+def test_info_table(failed_run):
+    result = runner.invoke(app, ["info", str(failed_run["store"])], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert re.search(r"videos\s+│?\s*1\b", text) and re.search(r"failures\s+│?\s*5\b", text)
+    assert "vfeat-tiny-vit" in text
+    for path in failed_run["bad"].values():
+        assert f"failed: {path}: " in text
+
+
+def test_info_of_missing_store(tmp_path):
+    result = runner.invoke(app, ["info", str(tmp_path / "none.zarr")])
+    assert result.exit_code == 2
+    assert f"vfeat: error: {tmp_path / 'none.zarr'}: store not found" in one_line(result.output)
+
+
+def test_offline_tag_without_cache_is_one_clear_error(tmp_path, small_video):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE", "XDG_CACHE"))}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                "TORCH_HOME": str(tmp_path / "torch")})
+    store = tmp_path / "never.zarr"
+    proc = subprocess.run([*vfeat_command(), "extract", str(small_video), "--model", "ViT-B/32", "--fps", "1", "--out",
+                           str(store), "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("vfeat: error: ") and proc.stderr.count("vfeat: error") == 1
+    message = one_line(proc.stderr)
+    assert "'openai' weights for ViT-B-32" in message
+    assert "--pretrained /path/to/ViT-B-32.pt" in message
+    assert not store.exists()
+
+
+# -- flags through the CLI (CliRunner) --------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dtype", "float8"], "Invalid --dtype (float8). Choose from: float16, float32."),
+    (["--precision", "fp8"], "Invalid --precision (fp8). Choose from: auto, fp32, fp16, bf16."),
+    (["--fps", "0"], "Invalid --fps (0.0). It must be > 0."),
+    (["--fps", "1", "--num-frames", "4"], "Choose one sampling mode, not --fps and --num-frames."),
+    (["--batch-size", "0"], "Invalid --batch-size (0). It must be >= 1."),
+])
+def test_bad_flags_exit_2_with_the_message(tmp_path, tiny_model, small_video, flags, message):
+    store = tmp_path / "never.zarr"
+    args = ["extract", str(small_video), "--out", str(store), "--no-progress", *tiny_model.cli_args(), *flags]
+    if "--fps" not in flags:
+        args += ["--fps", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"vfeat: error: {message}" in one_line(result.output)
+    assert not store.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
+def test_cuda_device_without_gpu_exit_2(tmp_path, tiny_model, small_video):
+    store = tmp_path / "never.zarr"
+    result = runner.invoke(app, ["extract", str(small_video), "--out", str(store), "--fps", "1", "--device", "cuda:0",
+                                 "--no-progress", *tiny_model.cli_args()])
+    assert result.exit_code == 2
+    assert "vfeat: error: --device cuda:0: no CUDA GPU is available on this machine." in one_line(result.output)
+    assert not store.exists()
+
+
+def test_unknown_model_exit_2_with_suggestions(tmp_path, small_video):
+    result = runner.invoke(app, ["extract", str(small_video), "--out", str(tmp_path / "x.zarr"), "--fps", "1",
+                                 "--model", "ViT-B/33", "--no-progress"])
+    assert result.exit_code == 2
+    text = one_line(result.output)
+    assert "vfeat: error: Unknown --model 'ViT-B/33'. Did you mean:" in text and "ViT-B/32" in text
+
+
+def test_no_inputs_exit_2(tmp_path):
+    result = runner.invoke(app, ["extract", "--out", str(tmp_path / "x.zarr"), "--fps", "1", "--no-progress"])
+    assert result.exit_code == 2
+    assert "no input videos" in one_line(result.output)
+
+
+def test_colliding_ids_exit_2_before_work(tmp_path, tiny_model, small_video):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(small_video, tmp_path / sub / "a.mp4")
+    store = tmp_path / "never.zarr"
+    result = runner.invoke(app, ["extract", str(tmp_path / "x" / "a.mp4"), str(tmp_path / "y" / "a.mp4"), "--out",
+                                 str(store), "--fps", "1", "--no-progress", *tiny_model.cli_args()])
+    assert result.exit_code == 2
+    assert "vfeat: error: 1 video id(s) collide: 'a.mp4'" in one_line(result.output)
+    assert not store.exists()
+
+
+def test_successful_run_exit_0_and_summary_line(tmp_path, tiny_model, small_video):
+    store = tmp_path / "ok.h5"
+    result = runner.invoke(app, ["extract", str(small_video), "--out", str(store), "--num-frames", "3", "--workers", "0",
+                                 "--no-progress", "--dtype", "float32", *tiny_model.cli_args(tiny_model.archive)])
+    assert result.exit_code == 0, result.output
+    assert "1 stored, 0 failed, 0 already in the store; 3 frames" in one_line(result.output)

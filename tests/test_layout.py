@@ -1,0 +1,88 @@
+"""The import rules of STYLE.md: no arrow points back up the data flow. Checked twice: by importing in a fresh
+interpreter (what actually gets loaded) and by reading the source (imports inside functions included)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vfeat"
+
+TORCH_FREE = [
+    "vfeat.sampling",          # sampling plans are pure functions of timestamps
+    "vfeat.evaluate.metrics",  # metrics are numpy over score matrices
+    "vfeat.store.format",      # the documented layout
+    "vfeat.store.reader",      # reading a store needs no model
+    "vfeat.store.summary",     # `vfeat info`
+    "vfeat.decode",            # decode workers load no model
+    "vfeat.workers",
+    "vfeat",                   # `import vfeat` stays cheap
+]
+
+
+def loaded_after_import(module: str) -> set[str]:
+    code = f"import {module}, sys, json; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    import json
+
+    return set(json.loads(out))
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_module_does_not_import_torch(module):
+    loaded = loaded_after_import(module)
+    assert "torch" not in loaded, f"importing {module} loads torch"
+    assert "open_clip" not in loaded
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (``from vfeat import pipeline`` counts as vfeat.pipeline)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+STORE_FILES = sorted((PACKAGE / "store").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", STORE_FILES, ids=lambda p: p.name)
+def test_store_never_imports_the_pipeline(path):
+    names = imported_names(path)
+    upward = sorted(n for n in names if n.startswith(("vfeat.pipeline", "vfeat.extractor", "vfeat.workers", "vfeat.engines")))
+    assert not upward, f"{path.name} imports {upward}"
+
+
+def test_importing_every_store_module_loads_no_pipeline():
+    modules = [f"vfeat.store.{p.stem}" for p in STORE_FILES if p.stem != "__init__"]
+    code = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
+            "bad = sorted(m for m in sys.modules if m in ('vfeat.pipeline', 'vfeat.extractor', 'torch'))\nprint(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+@pytest.mark.parametrize("path", [PACKAGE / "sampling.py", PACKAGE / "evaluate" / "metrics.py", PACKAGE / "store" / "format.py"],
+                         ids=lambda p: p.name)
+def test_pure_modules_name_no_torch_even_lazily(path):
+    names = imported_names(path)
+    assert not [n for n in names if n.split(".")[0] in ("torch", "open_clip", "torchvision")]
+
+
+def test_pipeline_does_not_import_engines():
+    """Engines import the pipeline, not the reverse."""
+    names = imported_names(PACKAGE / "pipeline.py")
+    assert not [n for n in names if n.startswith("vfeat.engines")]
