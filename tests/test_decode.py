@@ -262,19 +262,12 @@ def test_empty_and_truncated_files_fail_naming_the_file(bad, kind):
         probe(path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "vfeat/decode.py::_open maps every av.error.InvalidDataError to 'not a video file (no container format "
-    "recognised)': a 0-byte file is reported as 'not a video file' instead of 'empty file (0 bytes)'"))
 def test_empty_file_says_it_is_empty(bad):
     path = str(bad["empty"])
     with pytest.raises(DecodeError, match=f"^{re.escape(path)}: .*empty"):
         probe(path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "vfeat/decode.py::_open maps every av.error.InvalidDataError to 'not a video file (no container format "
-    "recognised)': an MP4 cut short (ftyp + partial mdat, no moov atom; ffmpeg logs 'moov atom not found') is "
-    "reported as 'not a video file' although its container was recognised; the reason should say truncated"))
 def test_truncated_mp4_says_truncated(bad):
     path = str(bad["truncated_mp4"])
     with pytest.raises(DecodeError, match=f"^{re.escape(path)}: .*(truncated|moov|incomplete)"):

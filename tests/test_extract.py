@@ -173,12 +173,6 @@ def test_torchscript_fixture_is_an_openai_style_archive_with_the_same_weights(ti
 REAL_420 = ["land420.mp4", "port420.mp4", "land420_rot90.mp4", "bigbuckbunny.mp4"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "vfeat/decode.py::_to_rgb resizes with frame.reformat(width, height, format='rgb24', interpolation='BICUBIC') "
-    "straight from 4:2:0 YUV without SWS_FULL_CHR_H_INT: swscale then writes RGB with horizontally half-resolution "
-    "chroma, smearing colour at 32-224 px. Centred cosine to open_clip's path drops to ~0.86 (testsrc2 320x240), "
-    "~0.73-0.80 (portrait 240x320), ~0.94 (sample/bigbuckbunny.mp4), while 4:4:4 sources reach 0.999. Passing "
-    "interpolation=Interpolation.BICUBIC | FULL_CHR_H_INT | ACCURATE_RND (4|8192|262144) gives >= 0.98 on all of them"))
 @pytest.mark.parametrize("video_id", REAL_420)
 def test_features_equal_open_clip_path_for_420_sources(tmp_path, tiny_model, feature_videos, reference_model, repo_root, video_id):
     path = feature_videos.get(video_id) or repo_root / "sample" / video_id
@@ -403,10 +397,6 @@ def test_unknown_model_suggests_close_names(tmp_path, timing_videos):
     assert not (tmp_path / "x.zarr").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "vfeat/models/clip.py::build calls sha256_file(pretrained) before _load_file/read_state_dict, so "
-    "--pretrained pointing at a missing file raises a bare FileNotFoundError (a traceback from the CLI) "
-    "instead of ModelError('<path>: weight file not found')"))
 def test_missing_weight_file_names_it(tmp_path, tiny_model, timing_videos):
     missing = tmp_path / "nowhere" / "weights.pt"
     with pytest.raises(ModelError, match=f"^{re.escape(str(missing))}: weight file not found$"):

@@ -359,12 +359,6 @@ def test_kill_9_at_any_moment_then_rerun_equals_uninterrupted(tmp_path, runner_p
     print("\n".join(log))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a kill while a journal part is being written (vfeat/store/fs.py::write_bytes_atomic, "
-    "'<part>.pkl.<uuid>.tmp') or while an HDF5 merge copy exists (vfeat/store/backends.py::transaction, "
-    "'<shard>.h5.<uuid>.tmp', a full copy of the shard) leaves that temp file forever: no later run removes it, "
-    "so '<shard>.journal/' never disappears (docs/store.md says it does when a run ends normally) and every "
-    "killed HDF5 merge leaks a shard-sized file"))
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_run(tmp_path, tiny_model, folder, suffix):
     store = tmp_path / f"s{suffix}"

@@ -146,10 +146,6 @@ def test_root_attributes(stores, tiny_model, suffix):
     assert bool(attrs["has_frames"]) and not bool(attrs["has_clips"])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "vfeat/models/clip.py::build records quick_gelu = (name in OPENAI_ALIASES) for a local weight file (False "
-    "for vfeat-tiny-vit), but open_clip builds the model from its config JSON, which sets \"quick_gelu\": true: "
-    "the store's model.options.quick_gelu says False while every block runs QuickGELU"))
 def test_recorded_quick_gelu_is_the_activation_used(stores, tiny_model):
     attrs = read_plain(stores[".zarr"])["attrs"]
     assert json.loads(Path(tiny_model.config).read_text())["quick_gelu"] is True
@@ -216,7 +212,7 @@ def test_directory_of_shards_is_one_dataset(tmp_path, tiny_model, videos):
 
 def test_directory_out_writes_a_shard_and_resumes_across_shards(tmp_path, tiny_model, videos):
     root = tmp_path / "features"
-    root.mkdir()  # (a directory that does not exist yet fails for HDF5: see the xfail below)
+    root.mkdir()
     vfeat.extract([str(videos["a.mp4"])], str(root), fps=FPS, workers=0, store_format="h5", **tiny_model.extract_kwargs())
     assert sorted(p.name for p in root.iterdir()) == ["shard-00000.h5"]
     # Another writer's shard (as the Ray engine writes): videos it holds are skipped by a directory run.
@@ -228,10 +224,6 @@ def test_directory_out_writes_a_shard_and_resumes_across_shards(tmp_path, tiny_m
         assert sorted(store.ids) == ["a.mp4", "b.mp4"]
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "vfeat/store/backends.py::transaction (HDF5) writes '<target>.<uuid>.tmp' without creating the parent "
-    "folder, so --out new_dir/ --format h5 (or --out new_dir/feats.h5) dies with an uncaught FileNotFoundError "
-    "traceback from h5py; Zarr creates its folders, so the same command with .zarr works"))
 @pytest.mark.parametrize("out, store_format", [("new_dir", "h5"), ("new_dir/feats.h5", None)])
 def test_h5_store_in_a_folder_that_does_not_exist_yet(tmp_path, tiny_model, videos, out, store_format):
     summary = vfeat.extract([str(videos["a.mp4"])], str(tmp_path / out), fps=FPS, workers=0, store_format=store_format,

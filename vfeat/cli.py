@@ -26,7 +26,7 @@ err = Console(stderr=True)
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"vfeat: error: {exc}", markup=False, highlight=False)
+    err.print(f"vfeat: error: {exc}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -318,7 +318,7 @@ def main() -> None:
     try:
         app()
     except VfeatError as exc:
-        err.print(f"vfeat: error: {exc}", markup=False, highlight=False)
+        err.print(f"vfeat: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

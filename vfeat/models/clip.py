@@ -91,6 +91,8 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
             raise ModelError(f"--pretrained is required for {name}: one of {', '.join(tags) or '(no published tags)'}, a local file, or 'none'.")
     is_file = pretrained != RANDOM and (os.path.sep in pretrained or os.path.exists(pretrained) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
     if is_file:
+        if not os.path.isfile(pretrained):
+            raise ModelError(f"{pretrained}: weight file not found")
         quick_gelu = name in OPENAI_ALIASES  # OpenAI's own weights were trained with QuickGELU
     elif pretrained == RANDOM:
         quick_gelu = False
@@ -100,7 +102,8 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         raise ModelError(
             f"--pretrained '{pretrained}' is neither a file nor a known tag for {arch}; tags: {', '.join(tags) or '(none)'}."
         )
-    identity_options: dict[str, Any] = {"architecture": arch, "quick_gelu": quick_gelu}
+    config_quick_gelu = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    identity_options: dict[str, Any] = {"architecture": arch, "quick_gelu": quick_gelu or config_quick_gelu}
     checkpoint_sha = None
     if pretrained in tags and not is_file:
         model = _download(arch, pretrained, quick_gelu, cache_dir)
@@ -175,10 +178,9 @@ def _download(arch: str, tag: str, quick_gelu: bool, cache_dir: str | None) -> t
         hub_constants.HF_HUB_OFFLINE = True
     try:
         return open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
-    except Exception as exc:  # network, hub and cache errors come in many types
-        cause = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    except Exception:  # network, hub and cache errors come in many types
         raise ModelError(
-            f"Could not get the '{tag}' weights for {arch}: not in the cache and the hub cannot be reached ({cause}). "
+            f"Could not get the '{tag}' weights for {arch}: they are not in the cache and could not be downloaded. "
             f"Pass a local checkpoint instead: --pretrained /path/to/{arch}.pt (an OpenAI .pt archive or an "
             "open_clip state dict), or run once online to fill the cache."
         ) from None

@@ -168,6 +168,7 @@ def transaction(path: str, kind: str, create: bool) -> Iterator[Any]:
         os.remove(tmp_local)
         return
     target = fs.local(path)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     tmp = f"{target}.{uuid.uuid4().hex}.tmp"
     try:
         if not create:

@@ -61,6 +61,7 @@ class ShardWriter:
         else:
             with transaction(self.path, kind, create=True) as tree:
                 initialise(tree, attrs)
+        self._remove_leftovers()
         self._merge_parts(self._list_parts())
         with open_read(self.path, kind) as tree:
             self.committed: set[str] = set(read_ids(tree))
@@ -104,6 +105,22 @@ class ShardWriter:
         due = time.monotonic() - self._last_flush >= self.flush_seconds
         if len(self._pending.videos) + len(self._pending.failures) >= self.flush_videos or due:
             self.flush()
+
+    def _remove_leftovers(self) -> None:
+        """Temp files a killed run left: half-written journal parts and HDF5 merge copies. Neither was
+        ever committed (commits are renames), so they are garbage."""
+        folder = journal_dir(self.path)
+        for name in fs.listdir(folder):
+            if name.endswith(".tmp"):
+                fs.remove(fs.join(folder, name))
+        if not fs.is_url(self.path):
+            parent = os.path.dirname(os.path.abspath(fs.local(self.path)))
+            prefix = os.path.basename(fs.local(self.path).rstrip("/")) + "."
+            for name in os.listdir(parent):
+                if name.startswith(prefix) and name.endswith(".tmp") and len(name) == len(prefix) + 32 + 4:
+                    os.remove(os.path.join(parent, name))
+        if fs.isdir(folder) and not fs.listdir(folder):
+            fs.remove(folder)
 
     def _list_parts(self) -> list[str]:
         folder = journal_dir(self.path)
