@@ -61,6 +61,7 @@ def extract(
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the features: float16 or float32."),
     batch_size: int = typer.Option(64, "--batch-size", help="Frames per model batch (batches mix videos)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: CPU cores - 1; 0 decodes in the main process)."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Several model processes, one per device, each writing its own shard of a directory --out: cuda:0,cuda:1 or all."),
     store_format: Optional[str] = typer.Option(None, "--format", help="Shard format when --out is a directory: zarr (default) or h5."),
     clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Open-VCLIP: the original CLIP weights used for --patching-ratio."),
     patching_ratio: Optional[float] = typer.Option(None, "--patching-ratio", help="Open-VCLIP: weight of the original CLIP in the patched weights (0..1)."),
@@ -82,7 +83,7 @@ def extract(
         summary = run_extract(
             list(inputs or []), out, model, pretrained, fps=fps, num_frames=num_frames, clips=clips, clip_len=clip_len,
             stride=stride, file_list=file_list, model_config=model_config, device=device, precision=precision,
-            dtype=dtype, batch_size=batch_size, workers=workers, store_format=store_format,
+            dtype=dtype, batch_size=batch_size, workers=workers, store_format=store_format, devices=devices,
             on_start=bar.on_start, on_progress=bar.on_progress,
             clip_weights=clip_weights, patching_ratio=patching_ratio, wise_with=wise_with, alpha=alpha,
         )

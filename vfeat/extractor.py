@@ -16,7 +16,7 @@ from vfeat.models.base import VideoEncoder
 from vfeat.models.factory import load_model
 from vfeat.pipeline import RunStats, run
 from vfeat.sampling import SamplingPlan
-from vfeat.sources import expand_inputs, unique_sources
+from vfeat.sources import VideoSource, expand_inputs, unique_sources
 from vfeat.store import fs
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
 from vfeat.store.reader import shard_paths
@@ -97,11 +97,13 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
             clip_len: int | None = None, stride: int | None = None, file_list: str | None = None,
             model_config: str | None = None, device: str = "auto", precision: str = "auto",
             dtype: str = "float16", batch_size: int = 64, workers: int | None = None,
-            store_format: str | None = None, encoder: VideoEncoder | None = None,
+            store_format: str | None = None, encoder: VideoEncoder | None = None, devices: str | None = None,
             on_start: Callable[[int, int], None] | None = None,
             on_progress: Callable[[RunStats, int], None] | None = None, **model_options: Any) -> ExtractSummary:
     """Extract features of ``inputs`` into the store ``out``; committed videos are skipped.
 
+    ``devices`` ("cuda:0,cuda:1", "all", or several CPU devices "cpu,cpu"): one model process per device,
+    each writing its own shard of the directory store ``out``.
     Returns an :class:`ExtractSummary`; per-video failures are recorded in the store, not raised.
     """
     if dtype not in STORAGE_DTYPES:
@@ -114,13 +116,47 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     sources = unique_sources(expand_inputs(inputs, file_list))
     if not sources:
         raise InputError("No input videos: pass files, directories, globs or --file-list.")
+    device_list = parse_devices(devices) if devices else [device]
+    options = dict(model=model, pretrained=pretrained, plan=plan, model_config=model_config, precision=precision,
+                   dtype=dtype, batch_size=batch_size, store_format=store_format, **model_options)
+    if len(device_list) > 1:
+        from vfeat.engines.multidevice import run_devices
+
+        if shard_kind(out) is not None:
+            raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
+        return run_devices(sources, out, device_list, workers, options, on_start)
+    return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
+                           on_progress=on_progress, **options)
+
+
+def parse_devices(devices: str) -> list[str]:
+    """``cuda:0,cuda:1`` / ``all`` (every visible GPU) -> device names."""
+    import torch
+
+    if devices.strip() == "all":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise InputError("--devices all: no CUDA GPU is visible on this machine.")
+        return [f"cuda:{i}" for i in range(count)]
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    if not names:
+        raise InputError(f"Invalid --devices ({devices!r}). Use e.g. cuda:0,cuda:1 or all.")
+    return names
+
+
+def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrained: str | None, plan: SamplingPlan,
+                    model_config: str | None, device: str, precision: str, dtype: str, batch_size: int,
+                    workers: int | None, store_format: str | None, encoder: VideoEncoder | None = None, rank: int = 0,
+                    on_start: Callable[[int, int], None] | None = None,
+                    on_progress: Callable[[RunStats, int], None] | None = None, **model_options: Any) -> ExtractSummary:
+    """One model process: encode ``sources`` into this process's shard of ``out``."""
     if encoder is None:
         encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
     if not encoder.frame_level and plan.mode in ("fps", "all"):
         raise InputError(
             f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
         )
-    shard = shard_for(out, store_format)
+    shard = shard_for(out, store_format, rank)
     started = time.perf_counter()
     with ShardWriter(shard, store_attrs(encoder, plan, dtype)) as writer:
         done = writer.committed | committed_elsewhere(out, shard)
@@ -136,7 +172,7 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
         stats = run(todo, encoder, plan, writer.add, fail, batch_size=batch_size, workers=workers,
                     storage_dtype=dtype, on_progress=on_progress)
     return ExtractSummary(
-        out=out, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
+        out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,
     )
 

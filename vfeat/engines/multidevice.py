@@ -1,0 +1,66 @@
+"""Several model processes on one machine (one per GPU): the videos still to do are dealt round-robin,
+and each process runs the single-device pipeline into its own shard ``shard-<rank>`` of the directory
+store. Shards never share a video, so the directory is one dataset to every reader."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import traceback
+from typing import Any, Callable
+
+from vfeat.errors import VfeatError
+from vfeat.sources import VideoSource
+
+
+def _device_main(results: Any, rank: int, sources: list[VideoSource], out: str, device: str, workers: int | None,
+                 options: dict[str, Any], log_level: int) -> None:
+    import logging
+
+    from vfeat.extractor import extract_sources
+
+    logging.getLogger().setLevel(log_level)  # spawned processes start with default logging
+
+    try:
+        summary = extract_sources(sources, out, device=device, workers=workers, rank=rank, **options)
+        results.put((rank, summary, None))
+    except VfeatError as exc:
+        results.put((rank, None, str(exc)))
+    except Exception:  # report, do not hang the parent
+        results.put((rank, None, f"{device}: {traceback.format_exc(limit=3)}"))
+
+
+def run_devices(sources: list[VideoSource], out: str, devices: list[str], workers: int | None, options: dict[str, Any],
+                on_start: Callable[[int, int], None] | None = None):
+    from vfeat.extractor import ExtractSummary, committed_elsewhere
+
+    done = committed_elsewhere(out, "")
+    todo = [s for s in sources if s.video_id not in done]
+    if on_start:
+        on_start(len(todo), len(sources) - len(todo))
+    if not todo:
+        return ExtractSummary(out=out, videos_total=len(sources), videos_skipped=len(sources), videos_ok=0,
+                              videos_failed=0, frames=0, seconds=0.0)
+    per_device = None if workers is None else max(0, workers // len(devices))
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = []
+    for rank, device in enumerate(devices):
+        part = todo[rank:: len(devices)]
+        proc = ctx.Process(target=_device_main, args=(results, rank, part, out, device, per_device, options, logging.getLogger().level))
+        proc.start()
+        procs.append(proc)
+    summaries, errors = [], []
+    for _ in procs:
+        rank, summary, error = results.get()
+        (errors.append(f"device {devices[rank]}: {error}") if error else summaries.append(summary))
+    for proc in procs:
+        proc.join()
+    if errors:
+        raise VfeatError("; ".join(errors))
+    return ExtractSummary(
+        out=out, videos_total=len(sources), videos_skipped=len(sources) - len(todo),
+        videos_ok=sum(s.videos_ok for s in summaries), videos_failed=sum(s.videos_failed for s in summaries),
+        frames=sum(s.frames for s in summaries), seconds=max((s.seconds for s in summaries), default=0.0),
+        failures=[f for s in summaries for f in s.failures],
+    )
