@@ -21,8 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="vfeat: videos to per-frame CLIP embeddings on disk, and zero-shot evaluation from that cache.",
 )
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(exc: Exception) -> None:
@@ -98,9 +98,12 @@ def extract(
         f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.out}",
         markup=False, highlight=False,
     )
+    if summary.timings:
+        console.print("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in summary.timings.items()),
+                      markup=False, highlight=False)
     if json_out:
         Path(json_out).write_text(json.dumps({
-            "out": summary.out, "videos_total": summary.videos_total, "videos_ok": summary.videos_ok,
+            "timings": summary.timings, "out": summary.out, "videos_total": summary.videos_total, "videos_ok": summary.videos_ok,
             "videos_failed": summary.videos_failed, "videos_skipped": summary.videos_skipped, "frames": summary.frames,
             "seconds": summary.seconds, "failures": [{"path": f.path, "error": f.error} for f in summary.failures],
         }, indent=2))

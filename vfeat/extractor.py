@@ -19,12 +19,13 @@ from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
 from vfeat.store import fs
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
-from vfeat.store.reader import shard_paths
+from vfeat.store.reader import MANIFEST, shard_paths
 from vfeat.store.backends import open_read
 from vfeat.store.tree import read_ids
-from vfeat.store.writer import ShardWriter
+from vfeat.store.writer import ShardWriter, commit_shards
 
 STORAGE_DTYPES = ("float16", "float32")
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -37,6 +38,8 @@ class ExtractSummary:
     frames: int
     seconds: float
     failures: list[Failure] = field(default_factory=list)
+    #: Where the time went (seconds): loading the model, the model waiting for decoded frames, the model.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -99,13 +102,19 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
             dtype: str = "float16", batch_size: int = 64, workers: int | None = None,
             store_format: str | None = None, encoder: VideoEncoder | None = None, devices: str | None = None,
             on_start: Callable[[int, int], None] | None = None,
-            on_progress: Callable[[RunStats, int], None] | None = None, **model_options: Any) -> ExtractSummary:
+            on_progress: Callable[[RunStats, int], None] | None = None, engine: str = "local",
+            address: str | None = None, gpus_per_worker: float = 0.0, shard_size: int = 1000,
+            ray_workers: int | None = None, **model_options: Any) -> ExtractSummary:
     """Extract features of ``inputs`` into the store ``out``; committed videos are skipped.
 
     ``devices`` ("cuda:0,cuda:1", "all", or several CPU devices "cpu,cpu"): one model process per device,
     each writing its own shard of the directory store ``out``.
+    ``engine="ray"``: Ray Data on the cluster at ``address`` (or a new local Ray instance); ``gpus_per_worker``,
+    ``shard_size`` and ``ray_workers`` apply to it only (see docs/scale.md).
     Returns an :class:`ExtractSummary`; per-video failures are recorded in the store, not raised.
     """
+    if engine not in ENGINES:
+        raise InputError(f"Invalid --engine ({engine}). Choose from: {', '.join(ENGINES)}.")
     if dtype not in STORAGE_DTYPES:
         raise InputError(f"Invalid --dtype ({dtype}). Choose from: {', '.join(STORAGE_DTYPES)}.")
     if batch_size < 1:
@@ -119,14 +128,26 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     device_list = parse_devices(devices) if devices else [device]
     options = dict(model=model, pretrained=pretrained, plan=plan, model_config=model_config, precision=precision,
                    dtype=dtype, batch_size=batch_size, store_format=store_format, **model_options)
+    if engine == "ray":
+        from vfeat.engines.ray_engine import run_ray
+
+        if encoder is not None or devices:
+            raise InputError("--engine ray loads the model in each Ray actor: pass the model by name, and no --devices.")
+        return run_ray(sources, out, device=device, address=address, gpus_per_worker=gpus_per_worker, shard_size=shard_size,
+                       num_workers=ray_workers, on_start=on_start, on_progress=on_progress, **options)
     if len(device_list) > 1:
         from vfeat.engines.multidevice import run_devices
 
         if shard_kind(out) is not None:
             raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
-        return run_devices(sources, out, device_list, workers, options, on_start)
-    return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
-                           on_progress=on_progress, **options)
+        summary = run_devices(sources, out, device_list, workers, options, on_start)
+    else:
+        summary = extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
+                                  on_progress=on_progress, **options)
+    if shard_kind(out) is None and fs.exists(fs.join(out, MANIFEST)):  # a store with a manifest shows listed shards only
+        written = [shard_for(out, store_format, rank) for rank in range(len(device_list))]
+        commit_shards(out, [fs.basename(path) for path in written if fs.exists(path)])
+    return summary
 
 
 def parse_devices(devices: str) -> list[str]:
@@ -150,6 +171,7 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
                     on_start: Callable[[int, int], None] | None = None,
                     on_progress: Callable[[RunStats, int], None] | None = None, **model_options: Any) -> ExtractSummary:
     """One model process: encode ``sources`` into this process's shard of ``out``."""
+    load_started = time.perf_counter()
     if encoder is None:
         encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
     if not encoder.frame_level and plan.mode in ("fps", "all"):
@@ -157,6 +179,7 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
             f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
         )
     shard = shard_for(out, store_format, rank)
+    model_load_s = time.perf_counter() - load_started
     started = time.perf_counter()
     with ShardWriter(shard, store_attrs(encoder, plan, dtype)) as writer:
         done = writer.committed | committed_elsewhere(out, shard)
@@ -174,6 +197,7 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     return ExtractSummary(
         out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,
+        timings={"model_load_s": model_load_s, "decode_wait_s": stats.decode_wait_s, "model_s": stats.model_s},
     )
 
 

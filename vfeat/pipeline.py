@@ -66,6 +66,7 @@ class Batcher:
         self.units: list[tuple[_Video, Any, np.ndarray]] = []  # (video, rows or clip index, uint8 pixels)
         self.pending = 0
         self.size = size
+        self.seconds = 0.0  # time spent in the model (and host<->device copies)
 
     def _normalise(self, pixels: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(pixels)
@@ -84,7 +85,14 @@ class Batcher:
     def run(self) -> None:
         if not self.units:
             return
-        units, self.units, self.pending = self.units, [], 0
+        started = time.perf_counter()
+        try:
+            self._run(self.units)
+        finally:
+            self.units, self.pending = [], 0
+            self.seconds += time.perf_counter() - started
+
+    def _run(self, units: list[tuple[_Video, Any, np.ndarray]]) -> None:
         if self.frame_level:
             pixels = np.concatenate([u[2] for u in units])
             out = self.encoder.encode_frames(self._normalise(pixels)).float().cpu().numpy()
@@ -239,6 +247,7 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
             if on_progress:
                 on_progress(stats, 0)
     drain(force=True)
+    stats.model_s = batch.seconds
     return stats
 
 

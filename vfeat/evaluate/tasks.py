@@ -39,10 +39,11 @@ from typing import Iterable
 import numpy as np
 import yaml
 
+from vfeat._resources import config_dir
 from vfeat.errors import InputError
 from vfeat.evaluate.annotations import READERS, _examples, match_ids
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "tasks"
+TASKS_DIR = config_dir("tasks")  # $VFEAT_CONFIG_DIR/tasks when set
 TASK_TYPES = ("classification", "retrieval", "multiple_choice")
 LABEL_SOURCES = ("filename", "parent_folder", "csv")
 CAPTION_FORMATS = tuple(sorted(READERS)) + ("multiple_choice_csv",)
