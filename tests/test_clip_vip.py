@@ -10,42 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from vfeat.errors import ModelError
 from vfeat.models import clip_vip
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("VFEAT_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures")
-TOL, LOGIT_TOL = 1e-4, 1e-3
-
-
-def fixture_dir(name: str) -> Path:
-    path = FIXTURES / name
-    if not path.is_dir():
-        pytest.fail(f"fixture folder {path} is missing (clone shared/ beside the repo or set VFEAT_FIXTURES)")
-    return path
-
-
-def spec_for(name: str) -> dict:
-    return yaml.safe_load((REPO / "configs" / "models" / f"{name}.yaml").read_text())
-
-
-def max_err(ours: torch.Tensor, official: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(official.shape), (tuple(ours.shape), tuple(official.shape))
-    return (ours.detach().double() - official.double()).abs().max().item()
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
+from parity_helpers import LOGIT_TOL, TOL, fixture_dir, max_err, normalize, spec_for
 
 def load(name: str, checkpoint: str = "checkpoint.pt"):
     folder = fixture_dir(name)

@@ -9,42 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from vfeat.errors import ModelError
 from vfeat.models import open_vclip
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("VFEAT_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures")
-TOL, LOGIT_TOL = 1e-4, 1e-3
+from parity_helpers import LOGIT_TOL, TOL, max_err, normalize, spec_for
+from parity_helpers import fixture_dir as _fixture_dir
+
 # OpenAI archives (clip_original.pt, ViT-B-16.pt) are TorchScript; reading them goes through torch.jit.load
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 def fixture_dir() -> Path:
-    path = FIXTURES / "open_vclip"
-    if not path.is_dir():
-        pytest.fail(f"fixture folder {path} is missing (clone shared/ beside the repo or set VFEAT_FIXTURES)")
-    return path
-
-
-def spec_for(name: str) -> dict:
-    return yaml.safe_load((REPO / "configs" / "models" / f"{name}.yaml").read_text())
-
-
-def max_err(ours: torch.Tensor, official: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(official.shape), (tuple(ours.shape), tuple(official.shape))
-    return (ours.detach().double() - official.double()).abs().max().item()
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
+    return _fixture_dir("open_vclip")
 
 
 def build(ratio: float = 0.0, **options):
