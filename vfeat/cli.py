@@ -42,6 +42,8 @@ def _quiet_libraries() -> None:
 
   vfeat extract videos/ --model ViT-B-32 --pretrained ./my_finetuned.pt --fps 2 --batch-size 128 --device cuda:0 --out s.zarr
 
+  vfeat extract --file-list s3://bucket/videos.txt --model ViT-B/16 --fps 1 --engine ray --address auto --gpus-per-worker 1 --out s3://bucket/features/
+
 Exit status: 0 when every video was stored, 1 when some videos failed (each failure is printed and
 recorded in the store, see `vfeat info`), 2 for a usage error (bad flag, unknown model, incompatible store).""")
 def extract(
@@ -69,6 +71,11 @@ def extract(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="WiSE-FT: weight of --wise-with (0..1)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the run summary as JSON to this file."),
+    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (Ray Data on a cluster; see docs/scale.md)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray: cluster to join (auto, or ray://host:10001, host:6379); default starts a local Ray instance."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray: GPUs per model actor (0: CPU actors)."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Ray: videos per shard of the directory --out."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray: model actors (default: cluster GPUs / --gpus-per-worker, or 1)."),
 ) -> None:
     """Extract per-frame (and per-clip) embeddings of videos into a feature store. Rerunning the same
     command resumes: videos already in the store are skipped."""
@@ -86,6 +93,7 @@ def extract(
             dtype=dtype, batch_size=batch_size, workers=workers, store_format=store_format, devices=devices,
             on_start=bar.on_start, on_progress=bar.on_progress,
             clip_weights=clip_weights, patching_ratio=patching_ratio, wise_with=wise_with, alpha=alpha,
+            engine=engine, address=address, gpus_per_worker=gpus_per_worker, shard_size=shard_size, ray_workers=ray_workers,
         )
     except VfeatError as exc:
         bar.close()

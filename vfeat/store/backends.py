@@ -158,14 +158,17 @@ def transaction(path: str, kind: str, create: bool) -> Iterator[Any]:
 
     if fs.is_url(path):
         tmp_local = os.path.join(_tmpdir(), f"{uuid.uuid4().hex}.h5")
-        if not create:
-            with open(tmp_local, "wb") as out:
-                out.write(fs.read_bytes(path))
-        with h5py.File(tmp_local, "w" if create else "a") as handle:
-            yield H5Tree(handle)
-        with open(tmp_local, "rb") as src:
-            fs.write_bytes_atomic(path, src.read())
-        os.remove(tmp_local)
+        try:
+            if not create:
+                with open(tmp_local, "wb") as out:
+                    out.write(fs.read_bytes(path))
+            with h5py.File(tmp_local, "w" if create else "a") as handle:
+                yield H5Tree(handle)
+            with open(tmp_local, "rb") as src:
+                fs.write_bytes_atomic(path, src.read())
+        finally:
+            if os.path.exists(tmp_local):
+                os.remove(tmp_local)
         return
     target = fs.local(path)
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)

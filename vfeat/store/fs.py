@@ -17,15 +17,22 @@ def local(path: str) -> str:
 
 
 def filesystem(path: str):
-    """(fsspec filesystem, path inside it) for a URL."""
+    """(fsspec filesystem, path inside it) for a URL. Credentials and endpoints come from the environment
+    (s3fs: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` or ``FSSPEC_S3_ENDPOINT_URL``).
+    Directory listings are not cached: zarr writes through its own filesystem instance, so a cached listing
+    here would miss the shards it just created."""
     import fsspec
 
-    fs, inner = fsspec.core.url_to_fs(path)
+    fs, inner = fsspec.core.url_to_fs(path, use_listings_cache=False)
     return fs, inner
 
 
 def join(base: str, *names: str) -> str:
     return posixpath.join(str(base), *names) if is_url(base) else str(Path(local(base), *names))
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(str(path).rstrip("/")) if is_url(path) else os.path.basename(local(path).rstrip("/"))
 
 
 def exists(path: str) -> bool:

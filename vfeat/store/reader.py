@@ -105,10 +105,12 @@ class Store:
         return {k: np.asarray(v, dtype=object if k in ("id", "path") else None) for k, v in columns.items()}
 
     def failures(self) -> list[Failure]:
-        out = []
+        """Videos that failed and are not stored, one record each (a video retried and failed again in a
+        later shard keeps its last record)."""
+        out: dict[str, Failure] = {}
         for shard in self._shards:
-            out.extend(f for f in read_failures(shard.tree) if f.video_id not in self._where)
-        return out
+            out.update((f.video_id, f) for f in read_failures(shard.tree) if f.video_id not in self._where)
+        return list(out.values())
 
     # -- rows ---------------------------------------------------------------------------------------
     def _locate(self, video_id: str) -> tuple[_Shard, int]:

@@ -10,16 +10,18 @@ merge and the part's deletion is harmless. The part's deletion is the last step 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 from vfeat.errors import StoreError
 from vfeat.store import fs
 from vfeat.store.backends import open_read, transaction
 from vfeat.store.format import IDENTITY_ATTRS, Batch, Failure, VideoRecord, shard_kind
+from vfeat.store.reader import MANIFEST
 from vfeat.store.tree import append, initialise, read_ids
 
 JOURNAL_SUFFIX = ".journal"
@@ -37,6 +39,22 @@ def check_compatible(path: str, existing: dict[str, Any], wanted: dict[str, Any]
                 f"{path}: store was written with {key}={existing.get(key)!r}; this run uses {wanted.get(key)!r}. "
                 "Write to a new --out path, or rerun with the store's settings."
             )
+
+
+def commit_shards(directory: str, names: Iterable[str]) -> None:
+    """List shards in ``directory/manifest.json``, the commit record of a directory store: only listed shards
+    are visible to readers. The manifest is rewritten whole (atomic rename, or one PUT on object stores); a
+    new one starts from the shards already visible, so shards written before it stay in the dataset."""
+    path = fs.join(directory, MANIFEST)
+    if fs.exists(path):
+        listed = json.loads(fs.read_text(path)).get("shards", [])
+    else:
+        listed = [name for name in fs.listdir(directory) if shard_kind(name) is not None]
+        fs.makedirs(directory)
+    shards = sorted(set(listed) | set(names))
+    if fs.exists(path) and shards == sorted(listed):
+        return
+    fs.write_bytes_atomic(path, (json.dumps({"shards": shards}, indent=1) + "\n").encode("utf-8"))
 
 
 class ShardWriter:

@@ -1,0 +1,281 @@
+"""``--engine ray`` on a real Ray cluster (``ray start --head``, started here and stopped after), writing to a
+real S3 API (moto's server on loopback), and surviving ``kill -9`` of a model actor's worker process.
+
+The local engine is the oracle: a Ray store must hold the same videos, timestamps and (allclose) features.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import vfeat
+from vfeat.cli import app
+
+ray = pytest.importorskip("ray")
+from typer.testing import CliRunner  # noqa: E402
+
+FPS = 4
+VIDEOS = {f"v{i:02d}.mp4": 1.0 + 0.25 * (i % 4) for i in range(10)} | {"sub/deep.mp4": 1.5}
+TINY = ["--model", "vfeat-tiny-vit", "--model-config", str(Path(__file__).parent / "data" / "vfeat-tiny-vit.json"),
+        "--pretrained", "none"]
+ACTOR_TITLE = "MapBatches(EncodeVideos)"  # in the proctitle of the model actors' worker processes
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """``ray start --head --block`` in its own process group, stopped after; stopping it ends only this
+    cluster (``ray stop`` would stop every Ray cluster on the machine, other test runs' included). Token
+    authentication is off on both sides: the cluster is reachable from this machine only."""
+    temp = tempfile.mkdtemp(prefix="vfeat-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_DISABLE_USAGE_STATS", "1")
+        env.setenv("RAY_AUTH_MODE", "disabled")
+        env.setenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # stop at once, not after 30 s of draining
+        cmd = ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
+               "--disable-usage-stats", "--temp-dir", temp, "--object-store-memory", "200000000",
+               "--dashboard-agent-listen-port", str(_free_port())]
+        log_path = Path(temp) / "ray-start.log"
+        with open(log_path, "w") as log:
+            head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while "Ray runtime started" not in log_path.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                _stop(head)
+                pytest.fail(f"ray start failed:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+        _stop(head)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop(head: subprocess.Popen) -> None:
+    head.terminate()  # `ray start --block` stops its cluster on SIGTERM
+    try:
+        head.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    from conftest import make_video
+
+    root = tmp_path_factory.mktemp("ray-videos")
+    for name, duration in VIDEOS.items():
+        make_video(root, name, duration=duration)
+    (root / "broken.mp4").write_bytes(b"not a video")
+    (root / "good.txt").write_text("".join(f"{name}\n" for name in VIDEOS))  # ids as the directory walk gives them
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_store(videos, tmp_path_factory):
+    """The oracle: the local engine's store of the same videos."""
+    out = tmp_path_factory.mktemp("local") / "feats.zarr"
+    vfeat.extract([str(videos)], str(out), fps=FPS, workers=0, model=TINY[1], model_config=TINY[3], pretrained="none",
+                  device="cpu")
+    return out
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on loopback; credentials and endpoint through the usual environment variables."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("bucket")
+    yield env
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def extract_cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vfeat.cli", "extract", *args, "--no-progress"]
+    return subprocess.Popen(cmd, env={**os.environ, "RAY_DISABLE_USAGE_STATS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def committed_ids(root: str) -> list[str]:
+    """Every committed video id of every shard the manifest lists, duplicates kept (the store API dedupes)."""
+    from vfeat.store import fs
+
+    manifest = json.loads(fs.read_text(fs.join(root, "manifest.json")))
+    ids = []
+    for name in manifest["shards"]:
+        group = zarr.open_group(fs.join(root, name), mode="r")
+        ids.extend(str(v) for v in group["videos/id"][: group["offsets"].shape[0] - 1])
+    return ids
+
+
+def assert_same_store(actual: str, expected: Path, failures: bool = True) -> None:
+    with vfeat.open_store(actual) as got, vfeat.open_store(str(expected)) as want:
+        assert sorted(got.ids) == sorted(want.ids) == sorted(VIDEOS)
+        for video_id in want.ids:
+            features, stamps = got[video_id]
+            ref_features, ref_stamps = want[video_id]
+            assert np.array_equal(stamps, ref_stamps), video_id
+            np.testing.assert_allclose(features.astype(np.float32), ref_features.astype(np.float32), rtol=1e-2, atol=2e-3)
+        if failures:
+            assert [(f.video_id, f.error) for f in got.failures()] == [(f.video_id, f.error) for f in want.failures()]
+        assert got.attrs["model"] == want.attrs["model"] and got.attrs["sampling"] == want.attrs["sampling"]
+
+
+def test_ray_cluster_to_s3_equals_local_engine_and_reads_back(cluster, videos, local_store, s3, tmp_path):
+    """Two model actors on the cluster, output on S3: same store as the local engine; info and evaluate
+    read it from S3; a rerun finds everything committed."""
+    out = "s3://bucket/features/"
+    args = [str(videos), "--fps", str(FPS), *TINY, "--engine", "ray", "--address", cluster, "--ray-workers", "2",
+            "--shard-size", "4", "--out", out]
+    result = CliRunner().invoke(app, ["extract", *args, "--no-progress"])
+    assert result.exit_code == 1, result.output  # broken.mp4 failed, and is recorded
+    assert f"{len(VIDEOS)} stored, 1 failed, 0 already in the store" in result.output
+    assert_same_store(out, local_store)
+    assert sorted(committed_ids(out)) == sorted(VIDEOS)
+    with vfeat.open_store(out) as store:
+        assert len(store.shards) == 3 and store.attrs["hardware"]["model_workers"] == 2
+
+    info = CliRunner().invoke(app, ["info", out, "--json"])
+    assert info.exit_code == 0, info.output
+    summary = json.loads(info.output)
+    assert (summary["videos"], summary["frames"], len(summary["failures"])) == (len(VIDEOS), sum(len(vfeat.open_store(str(local_store))[v][1]) for v in VIDEOS), 1)
+
+    captions = tmp_path / "captions.csv"
+    captions.write_text("video_id,caption\n" + "".join(f"{v},a test pattern number {i}\n" for i, v in enumerate(sorted(VIDEOS))))
+    evaluated = CliRunner().invoke(app, ["evaluate", "--features", out, "--captions", str(captions), "--json", str(tmp_path / "r.json")])
+    assert evaluated.exit_code == 0, evaluated.output
+    (retrieval,) = json.loads((tmp_path / "r.json").read_text())
+    assert 0 <= retrieval["metrics"]["t2v_r1"] <= 100
+
+    # Resume across engines: the local engine finds every video committed by the Ray run.
+    summary = vfeat.extract([], out, file_list=str(videos / "good.txt"), fps=FPS, workers=0, model=TINY[1], model_config=TINY[3], pretrained="none", device="cpu")
+    assert (summary.videos_skipped, summary.videos_ok) == (len(VIDEOS), 0)
+    assert sorted(committed_ids(out)) == sorted(VIDEOS)
+
+
+def _model_actor_pids() -> list[int]:
+    """Worker processes of model actors that have loaded their model (Ray titles a worker process
+    ``ray::<actor class>`` once its constructor has returned, ``...__init__`` while it runs)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and title.startswith("ray::") and ACTOR_TITLE in title and "__init__" not in title:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_killed_model_worker_loses_and_duplicates_nothing(cluster, videos, local_store, tmp_path):
+    """kill -9 of a model actor's worker process once it is ready for work: after the run (and a rerun when
+    the run failed) every video is committed exactly once, and the store equals the local engine's."""
+    out = tmp_path / "features"
+    args = ["--file-list", str(videos / "good.txt"), "--fps", str(FPS), *TINY, "--engine", "ray", "--address", cluster,
+            "--ray-workers", "2", "--shard-size", "2", "--out", str(out)]
+    run = extract_cli(*args)
+    killed, committed_before = None, None
+    deadline = time.monotonic() + 90
+    while killed is None and run.poll() is None and time.monotonic() < deadline:
+        pids = _model_actor_pids()
+        if pids:
+            committed_before = len(committed_ids(str(out))) if (out / "manifest.json").exists() else 0
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.01)
+    output = run.communicate(timeout=120)[0]
+    assert killed is not None, f"no ready model actor seen while the run was going:\n{output[-3000:]}"
+    assert committed_before < len(VIDEOS), "the kill came after the last commit"
+    ids = committed_ids(str(out))
+    assert len(ids) == len(set(ids)), f"duplicates after the killed run: {sorted(ids)}"
+
+    rerun = CliRunner().invoke(app, ["extract", *args, "--no-progress"])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{len(VIDEOS) - len(ids)} stored, 0 failed, {len(ids)} already in the store" in rerun.output
+    assert sorted(committed_ids(str(out))) == sorted(VIDEOS)
+    assert_same_store(str(out), local_store, failures=False)
+
+
+# -- the commit, without a cluster: shard names, whole-shard commits, one manifest for both engines ----------
+
+def _records(store_path: Path) -> dict:
+    """The local store's videos as the records a model actor hands to the driver."""
+    from vfeat.store.format import VideoRecord
+
+    with vfeat.open_store(str(store_path)) as store:
+        table = store.videos()
+        fields = ("fps", "duration_s", "width", "height", "num_frames", "start_time_s", "rotation")
+        return {video_id: VideoRecord(video_id, str(table["path"][i]), {k: table[k][i].item() for k in fields}, *store[video_id])
+                for i, video_id in enumerate(store.ids)}, store.attrs
+
+
+def test_shards_are_named_by_their_videos_and_visible_only_when_complete(local_store, tmp_path):
+    from vfeat.engines.ray_engine import ShardCommitter, plan_shards
+
+    ids = sorted(VIDEOS)
+    plan = plan_shards(reversed(ids), 4, "zarr")
+    assert plan == plan_shards(ids, 4, "zarr") and [len(v) for v in plan.values()] == [4, 4, 3]
+    first, *rest = plan
+    assert list(plan_shards(ids[4:], 4, "zarr")) == rest  # a rerun cuts the videos left into the same shards
+    records, attrs = _records(local_store)
+    out = tmp_path / "features"
+    # A killed run left the first shard half written under its name, never committed: it is started afresh.
+    stale = ShardCommitter(str(out), {first: plan[first][:1] + ["ghost.mp4"]}, attrs)
+    stale.take(records[plan[first][0]])
+    stale.writers[first].flush()
+    assert (out / first).exists() and json.loads((out / "manifest.json").read_text())["shards"] == []
+
+    committer = ShardCommitter(str(out), plan, attrs)
+    order = [v for group in itertools.zip_longest(*plan.values()) for v in group if v]  # shards fill in turn
+    for step, video_id in enumerate(order):
+        complete = [name for name, group in plan.items() if set(group) <= set(order[:step])]
+        assert json.loads((out / "manifest.json").read_text())["shards"] == sorted(complete)
+        assert committer.take(records[video_id]) and not committer.take(records[video_id])  # a retry's duplicate is dropped
+    assert json.loads((out / "manifest.json").read_text())["shards"] == sorted(plan)
+    assert sorted(committed_ids(str(out))) == ids
+    assert_same_store(str(out), local_store, failures=False)
+
+
+def test_local_engine_shards_join_a_ray_manifest(videos, local_store, tmp_path):
+    from vfeat.engines.ray_engine import ShardCommitter, plan_shards
+
+    records, attrs = _records(local_store)
+    out = tmp_path / "features"
+    committer = ShardCommitter(str(out), plan_shards(["v00.mp4"], 4, "zarr"), attrs)
+    committer.take(records["v00.mp4"])
+    summary = vfeat.extract([str(videos / "v00.mp4"), str(videos / "v01.mp4")], str(out), fps=FPS, workers=0,
+                            model=TINY[1], model_config=TINY[3], pretrained="none", device="cpu")
+    assert (summary.videos_skipped, summary.videos_ok) == (1, 1)
+    assert "shard-00000.zarr" in json.loads((out / "manifest.json").read_text())["shards"]
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == ["v00.mp4", "v01.mp4"]

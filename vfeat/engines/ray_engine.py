@@ -1,0 +1,328 @@
+"""``--engine ray``: the same extraction, scheduled by Ray Data on a cluster.
+
+    video list (a dataset) -> decode: CPU tasks running vfeat.workers.decode_job, one row per video
+      -> model: an actor pool, the model loaded once per actor, vfeat.pipeline's Batcher and records
+      -> driver: shards of ``shard_size`` videos, each committed into ``manifest.json`` once closed
+
+What a video becomes is the pipeline's business (same decoder, batcher and record); this module owns only
+scheduling and the commit. A shard's name is a hash of its video ids, so a rerun after a crash plans the
+same names and replaces an uncommitted shard instead of adding a second copy; a shard joins the manifest
+only when complete, so readers never see half of one. Errors are caught per video inside each stage and
+travel as failure records (an exception in a Ray stage would fail the whole job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import sys
+import time
+from typing import Any, Callable, Collection, Iterable
+
+import numpy as np
+
+from vfeat.decode import Resize
+from vfeat.errors import InputError, VfeatError
+from vfeat.extractor import ExtractSummary, committed_elsewhere, store_attrs
+from vfeat.models.factory import load_model
+from vfeat.pipeline import RunStats, _swscale_name
+from vfeat.sampling import SamplingPlan
+from vfeat.sources import VideoSource
+from vfeat.store import fs
+from vfeat.store.format import Failure, VideoRecord, shard_kind
+from vfeat.store.reader import MANIFEST
+from vfeat.store.writer import ShardWriter, commit_shards, journal_dir
+from vfeat.workers import decode_job
+
+SHARD_PREFIX = "shard-ray-"
+#: Videos handed to a model actor per call; its Batcher mixes their frames into model batches.
+VIDEOS_PER_CALL = 4
+#: CPUs a model actor reserves. On a GPU it mostly waits for the device; on CPU-only clusters (tests, small
+#: jobs) half a core per actor leaves cores for the decode tasks, which each reserve one.
+ACTOR_CPUS = 0.5
+
+
+# -- the plan: which video goes into which shard ------------------------------------------------------
+
+def shard_name(video_ids: Iterable[str], store_format: str, taken: Collection[str] = ()) -> str:
+    """``shard-ray-<hash of the sorted ids>.<zarr|h5>``: the same videos always give the same name. A name
+    already committed (its videos all failed, and are being retried) gets the next salted hash instead."""
+    key, salt = "\n".join(sorted(video_ids)), 0
+    while True:
+        digest = hashlib.sha256((key + (f"\n#{salt}" if salt else "")).encode("utf-8")).hexdigest()[:20]
+        name = f"{SHARD_PREFIX}{digest}.{store_format}"
+        if name not in taken:
+            return name
+        salt += 1
+
+
+def plan_shards(video_ids: Iterable[str], shard_size: int, store_format: str, committed: Collection[str] = ()) -> dict[str, list[str]]:
+    """Sorted ids cut into runs of ``shard_size``. Committed shards are whole runs, so after a crash the
+    videos left over are cut into the same runs again, under the same names."""
+    ordered = sorted(video_ids)
+    runs = [ordered[i:i + shard_size] for i in range(0, len(ordered), shard_size)]
+    return {shard_name(run, store_format, committed): run for run in runs}
+
+
+# -- stage 1: decode (CPU tasks) ------------------------------------------------------------------------
+
+def decode_video(row: dict[str, Any], plan: SamplingPlan, resize: Resize, one_clip: bool) -> dict[str, Any]:
+    """One video -> one row: its sampled frames (uint8 [k, S, S, 3]), the store rows each frame fills, the
+    rows' timestamps; or ``error``. Never raises."""
+    size = resize.crop
+    out = {"video_id": row["video_id"], "path": row["path"], "error": "", "info": "{}", "clip_rows": "[]",
+           "frame_rows": "[]", "timestamps_ms": np.zeros(0, np.float64), "pixels": np.zeros((0, size, size, 3), np.uint8)}
+    frame_rows: list[list[int]] = []
+    pixels: list[np.ndarray] = []
+    try:
+        for message in decode_job(0, row["open_path"], plan, resize, one_clip):
+            if message[0] == "video":
+                _, _, info, timestamps_ms, clip_rows = message
+                out.update(info=json.dumps(info), timestamps_ms=np.asarray(timestamps_ms, np.float64),
+                           clip_rows=json.dumps([list(map(int, rows)) for rows in clip_rows]))
+            elif message[0] == "frames":
+                frame_rows.extend([list(map(int, rows)) for rows in message[2]])
+                pixels.append(message[3])
+            elif message[0] == "error":
+                return {**out, "error": message[2]}
+        if pixels:
+            out.update(frame_rows=json.dumps(frame_rows), pixels=np.concatenate(pixels))
+    except Exception as exc:  # decode_job records its own errors; this guards the packing above
+        return {**out, "error": f"{row['path']}: {type(exc).__name__}: {exc}"}
+    return out
+
+
+# -- stage 2: model (actor pool) ------------------------------------------------------------------------
+
+class EncodeVideos:
+    """A model actor: loads the model once, then turns batches of decoded videos into store records
+    (pickled :class:`VideoRecord` or :class:`Failure`), exactly as the local pipeline builds them."""
+
+    def __init__(self, model_args: dict[str, Any], plan: SamplingPlan, storage_dtype: str, batch_size: int) -> None:
+        self.encoder = load_model(**model_args)
+        self.plan, self.store_dtype, self.batch_size = plan, np.dtype(storage_dtype), batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        try:
+            records = self._encode(batch)
+        except Exception as exc:  # e.g. out of memory: every video of this batch fails, the job goes on
+            records = [Failure(str(video_id), str(path), str(error) or f"{path}: model: {type(exc).__name__}: {exc}")
+                       for video_id, path, error in zip(batch["video_id"], batch["path"], batch["error"])]
+        return {"video_id": [r.video_id for r in records], "record": [pickle.dumps(r, protocol=5) for r in records]}
+
+    def _encode(self, batch: dict[str, np.ndarray]) -> list[VideoRecord | Failure]:
+        import torch
+
+        from vfeat.pipeline import Batcher, _finish, _push_ready_clips, _Video
+        from vfeat.workers import CHUNK_FRAMES
+
+        encoder = self.encoder
+        batcher = Batcher(encoder, self.batch_size, encoder.device, getattr(encoder, "compute_dtype", torch.float32))
+        videos, failures = [], []
+        for i in range(len(batch["video_id"])):
+            source = VideoSource(str(batch["video_id"][i]), str(batch["path"][i]))
+            if batch["error"][i]:
+                failures.append(Failure(source.video_id, source.path, str(batch["error"][i])))
+                continue
+            timestamps_ms, clip_rows = np.asarray(batch["timestamps_ms"][i]), json.loads(batch["clip_rows"][i])
+            video = _Video(source, json.loads(batch["info"][i]), timestamps_ms, clip_rows)
+            if encoder.frame_outputs:
+                video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), np.float32)
+            if clip_rows and not encoder.frame_level:
+                video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), np.float32)
+            videos.append(video)
+            frame_rows, pixels = json.loads(batch["frame_rows"][i]), np.asarray(batch["pixels"][i])
+            for start in range(0, len(pixels), CHUNK_FRAMES):  # the units the local pipeline batches
+                rows, chunk = frame_rows[start:start + CHUNK_FRAMES], pixels[start:start + CHUNK_FRAMES]
+                if encoder.frame_level:
+                    batcher.add(video, rows, chunk)
+                    continue
+                for row_list, image in zip(rows, chunk):
+                    for row in row_list:
+                        video.pixels[row] = image
+                _push_ready_clips(video, batcher)
+        batcher.run()
+        return failures + [_finish(video, encoder, self.plan, self.store_dtype) for video in videos]
+
+
+# -- stage 3: the driver writes and commits shards --------------------------------------------------------
+
+class ShardCommitter:
+    """Puts each finished video into its planned shard; a shard whose videos have all arrived is closed,
+    then listed in the manifest (the commit). Only the driver runs this."""
+
+    def __init__(self, out: str, shards: dict[str, list[str]], attrs: dict[str, Any]) -> None:
+        self.out, self.attrs = out, attrs
+        self.shard_of = {video_id: name for name, ids in shards.items() for video_id in ids}
+        self.waiting = {name: set(ids) for name, ids in shards.items()}
+        self.writers: dict[str, ShardWriter] = {}
+        commit_shards(out, [])  # the manifest exists before any shard does: a half-written shard is never visible
+
+    def take(self, record: VideoRecord | Failure) -> bool:
+        """Store one result; False for a video already stored this run (a retried task's duplicate)."""
+        name = self.shard_of.get(record.video_id)
+        if name is None or record.video_id not in self.waiting[name]:
+            return False
+        writer = self.writers.get(name) or self._open(name)
+        if isinstance(record, Failure):
+            writer.fail(record)
+        else:
+            writer.add(record)
+        self.waiting[name].discard(record.video_id)
+        if not self.waiting[name]:
+            self.writers.pop(name).close()
+            commit_shards(self.out, [name])
+        return True
+
+    def _open(self, name: str) -> ShardWriter:
+        path = fs.join(self.out, name)
+        for leftover in (path, journal_dir(path)):  # an uncommitted shard of a killed run: start it afresh
+            fs.remove(leftover)
+        self.writers[name] = ShardWriter(path, self.attrs)
+        return self.writers[name]
+
+    def missing(self) -> list[str]:
+        """Videos still without a result (only a failed job leaves any)."""
+        return sorted(v for ids in self.waiting.values() for v in ids)
+
+
+# -- the engine -------------------------------------------------------------------------------------------
+
+def run_ray(sources: list[VideoSource], out: str, *, model: str, pretrained: str | None, plan: SamplingPlan,
+            model_config: str | None, device: str, precision: str, dtype: str, batch_size: int, store_format: str | None,
+            address: str | None = None, gpus_per_worker: float = 0.0, shard_size: int = 1000, num_workers: int | None = None,
+            on_start: Callable[[int, int], None] | None = None, on_progress: Callable[[RunStats, int], None] | None = None,
+            **model_options: Any) -> ExtractSummary:
+    """Extract ``sources`` into the directory store ``out`` on a Ray cluster; committed videos are skipped.
+
+    Only the driver writes to the store; each model actor loads its own model on ``device`` (the driver's
+    copy, on the CPU, only describes the store).
+    """
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise InputError("--engine ray needs Ray Data: pip install 'vfeat[ray]'") from None
+    if shard_kind(out) is not None:
+        raise InputError(f"--engine ray writes a directory of shards; --out {out} names a single shard.")
+    if shard_size < 1:
+        raise InputError(f"Invalid --shard-size ({shard_size}). It must be >= 1.")
+    if gpus_per_worker < 0:
+        raise InputError(f"Invalid --gpus-per-worker ({gpus_per_worker}). It must be >= 0.")
+    if num_workers is not None and num_workers < 1:
+        raise InputError(f"Invalid --ray-workers ({num_workers}). It must be >= 1.")
+    started = time.perf_counter()
+    model_args = dict(name=model, pretrained=pretrained, config=model_config, device=device, precision=precision, **model_options)
+    attrs, resize, one_clip = _from_driver_copy(model_args, plan, dtype)
+    committed = _remove_uncommitted(out)
+    done = committed_elsewhere(out, own_shard="")
+    todo = [s for s in sources if s.video_id not in done]
+    if on_start:
+        on_start(len(todo), len(sources) - len(todo))
+    stats, failures = RunStats(), []
+    summary = ExtractSummary(out=out, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=0,
+                             videos_failed=0, frames=0, seconds=0.0, failures=failures)
+    if not todo:
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(address=address, **({} if address else {"include_dashboard": False}), log_to_driver=False)
+    try:
+        workers = num_workers or _default_workers(gpus_per_worker)
+        attrs["hardware"] = {"engine": "ray", "model_workers": workers, "gpus_per_worker": gpus_per_worker,
+                             "device": "cuda" if gpus_per_worker > 0 else "cpu"}
+        committer = ShardCommitter(out, plan_shards([s.video_id for s in todo], shard_size, store_format or "zarr", committed), attrs)
+        dataset = _dataset(todo, plan, resize, one_clip, model_args, dtype, batch_size, workers, gpus_per_worker)
+        for row in dataset.iter_rows():
+            record = pickle.loads(row["record"])
+            if committer.take(record):
+                _count(record, stats, failures, on_progress)
+        if committer.missing():  # never seen; would mean Ray dropped rows. Their shards stay uncommitted.
+            raise VfeatError(f"the Ray job returned no result for {len(committer.missing())} video(s), e.g. "
+                             f"{committer.missing()[0]}; rerun the command to retry them.")
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    summary.videos_ok, summary.videos_failed, summary.frames = stats.videos_ok, stats.videos_failed, stats.frames
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _from_driver_copy(model_args: dict[str, Any], plan: SamplingPlan, dtype: str) -> tuple[dict[str, Any], Resize, bool]:
+    """Store attributes, decode size and clip mode from a CPU copy of the model (a bad model name or flag is
+    reported here, not in a remote traceback)."""
+    encoder = load_model(**{**model_args, "device": "cpu"})
+    if not encoder.frame_level and plan.mode in ("fps", "all"):
+        raise InputError(
+            f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
+        )
+    pre = encoder.preprocess
+    resize = Resize(short_side=pre.image_size, crop=pre.image_size, interpolation=_swscale_name(pre.interpolation))
+    return store_attrs(encoder, plan, dtype), resize, not encoder.frame_level and plan.mode != "clips"
+
+
+def _count(record: VideoRecord | Failure, stats: RunStats, failures: list[Failure],
+           on_progress: Callable[[RunStats, int], None] | None) -> None:
+    if isinstance(record, Failure):
+        failures.append(record)
+        stats.videos_failed += 1
+        print(f"vfeat: skipped {record.error}", file=sys.stderr)
+    else:
+        stats.videos_ok += 1
+        stats.frames += len(record.timestamps_ms)
+    if on_progress:
+        on_progress(stats, 0 if isinstance(record, Failure) else len(record.timestamps_ms))
+
+
+def _dataset(todo: list[VideoSource], plan: SamplingPlan, resize: Resize, one_clip: bool, model_args: dict[str, Any],
+             storage_dtype: str, batch_size: int, workers: int, gpus_per_worker: float) -> Any:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI shows its own
+    items = [{"video_id": s.video_id, "path": s.path, "open_path": _absolute(s.path)} for s in sorted(todo, key=lambda s: s.video_id)]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    dataset = dataset.map(decode_video, fn_kwargs={"plan": plan, "resize": resize, "one_clip": one_clip}, num_cpus=1)
+    return dataset.map_batches(
+        EncodeVideos, fn_constructor_kwargs={"model_args": _absolute_files(model_args), "plan": plan,
+                                             "storage_dtype": storage_dtype, "batch_size": batch_size},
+        batch_size=VIDEOS_PER_CALL, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=ACTOR_CPUS,
+        **({"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {}),
+    )
+
+
+def _default_workers(gpus_per_worker: float) -> int:
+    """One actor per ``gpus_per_worker`` GPUs of the cluster; one actor on CPU-only clusters."""
+    import ray
+
+    if gpus_per_worker <= 0:
+        return 1
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus < gpus_per_worker:
+        raise InputError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s). On an autoscaling "
+                         "cluster, say how many model actors to start with --ray-workers.")
+    return int(gpus // gpus_per_worker)
+
+
+def _remove_uncommitted(out: str) -> set[str]:
+    """Remove the shards of killed runs that never reached the manifest (never visible; this run redoes
+    their videos). Returns the committed shard names."""
+    names = fs.listdir(out)
+    listed = set(json.loads(fs.read_text(fs.join(out, MANIFEST))).get("shards", [])) if MANIFEST in names else set()
+    for name in names:
+        if name.startswith(SHARD_PREFIX) and name not in listed:
+            fs.remove(fs.join(out, name))
+    return listed
+
+
+def _absolute(path: str) -> str:
+    """Actors and tasks do not share the driver's working directory: local paths travel absolute."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _absolute_files(model_args: dict[str, Any]) -> dict[str, Any]:
+    return {k: _absolute(v) if isinstance(v, str) and k != "name" and os.path.exists(v) else v for k, v in model_args.items()}
