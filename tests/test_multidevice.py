@@ -45,3 +45,53 @@ def test_devices_need_a_directory_store(tmp_path, repo_root):
     with pytest.raises(InputError, match="--out must be a directory"):
         vfeat.extract([str(tmp_path / "a.mp4")], str(tmp_path / "s.zarr"), model="vfeat-tiny-vit", pretrained="none",
                       model_config=str(repo_root / "tests" / "data" / "vfeat-tiny-vit.json"), fps=1, devices="cpu,cpu")
+
+
+def _half_created_shard(path):
+    """The state a sibling process's shard is in while it is being created: arrays, no attrs, no offsets."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("features", shape=(0, 8), chunks=(4096, 8), dtype="float16")
+    group.create_group("videos")
+
+
+def test_shard_being_created_by_another_process_is_skipped_then_recreated(tmp_path, repo_root):
+    """The race behind a flaky CI run: rank 0 listed rank 1's shard before its ``offsets`` existed and died
+    with KeyError. A shard without ``offsets`` holds nothing committed: readers skip it, resume ignores it,
+    and the writer whose shard it is creates it anew (a kill during creation leaves the same state)."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(2):
+        make_video(folder, f"v{i}.mp4", duration=1.0, fps=10)
+    out = tmp_path / "store"
+    out.mkdir()
+    _half_created_shard(out / "shard-00001.zarr")
+    args = ["extract", str(folder), "--fps", "2", "--no-progress", "--workers", "0", *_tiny(repo_root), "--out", str(out)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == ["v0.mp4", "v1.mp4"] and len(store.shards) == 1
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    # The half-made shard is rank 1's: a two-device run recreates it and finds both videos already done.
+    _half_created_shard(out / "shard-00000.zarr.tmp-ignored")  # not a shard name: ignored by everyone
+    make_video(folder, "v2.mp4", duration=1.0, fps=10)
+    make_video(folder, "v3.mp4", duration=1.0, fps=10)
+    second = runner.invoke(app, [*args, "--devices", "cpu,cpu"])
+    assert second.exit_code == 0, second.output
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == ["v0.mp4", "v1.mp4", "v2.mp4", "v3.mp4"]
+        assert len(store.shards) == 2
+
+
+def test_foreign_zarr_without_offsets_is_not_overwritten(tmp_path, repo_root):
+    import zarr
+
+    make_video(tmp_path, "a.mp4", duration=1.0, fps=10)
+    group = zarr.open_group(str(tmp_path / "mine.zarr"), mode="w")
+    group.create_array("my_data", shape=(3,), dtype="int32")
+    result = runner.invoke(app, ["extract", str(tmp_path / "a.mp4"), "--fps", "1", "--no-progress", *_tiny(repo_root),
+                                 "--out", str(tmp_path / "mine.zarr")])
+    assert result.exit_code == 2 and "exists but is not a vfeat store" in result.output
+    assert "my_data" in zarr.open_group(str(tmp_path / "mine.zarr"), mode="r")

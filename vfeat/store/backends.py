@@ -35,6 +35,9 @@ class ZarrTree:
     def array(self, name: str) -> Any:
         return self.group[name]
 
+    def top_names(self) -> set[str]:
+        return set(self.group.keys())
+
     def create(self, name: str, dtype: str, width: int | None = None) -> Any:
         shape = (0, width) if width else (0,)
         chunks = (ROW_CHUNK, width) if width else (ROW_CHUNK * 4,)
@@ -69,6 +72,9 @@ class H5Tree:
 
     def array(self, name: str) -> Any:
         return self.handle[name]
+
+    def top_names(self) -> set[str]:
+        return set(self.handle.keys())
 
     def create(self, name: str, dtype: str, width: int | None = None) -> Any:
         import h5py

@@ -16,7 +16,7 @@ from vfeat.errors import StoreError
 from vfeat.store import fs
 from vfeat.store.backends import open_read
 from vfeat.store.format import VIDEO_ARRAYS, Failure, shard_kind
-from vfeat.store.tree import read_failures
+from vfeat.store.tree import interrupted_creation, read_failures
 
 MANIFEST = "manifest.json"
 
@@ -43,6 +43,8 @@ class Store:
         for shard_path in shard_paths(self.path):
             kind = shard_kind(shard_path)
             tree = self._stack.enter_context(open_read(shard_path, kind))  # type: ignore[arg-type]
+            if shard_kind(self.path) is None and interrupted_creation(tree):
+                continue  # another process is creating it: nothing committed there yet
             if not tree.has("offsets"):
                 raise StoreError(f"{shard_path}: not a vfeat store (no 'offsets' array)")
             offsets = tree.read("offsets")

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vfeat.store.format import CLIP_ARRAYS, FAILURE_ARRAYS, FRAME_ARRAYS, VIDEO_ARRAYS, Batch, Failure
+from vfeat.store.format import FORMAT_NAME, CLIP_ARRAYS, FAILURE_ARRAYS, FRAME_ARRAYS, VIDEO_ARRAYS, Batch, Failure
 
 
 class Tree(Protocol):
@@ -22,6 +22,7 @@ class Tree(Protocol):
     def array(self, name: str) -> Any: ...
     def create(self, name: str, dtype: str, width: int | None = None) -> Any: ...
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
+    def top_names(self) -> set[str]: ...
 
 
 def initialise(tree: Tree, attrs: dict[str, Any]) -> None:
@@ -39,8 +40,8 @@ def initialise(tree: Tree, attrs: dict[str, Any]) -> None:
         _set(tree.create("clips/offsets", "int64"), np.zeros(1, np.int64))
     for name, kind in {**VIDEO_ARRAYS, **FAILURE_ARRAYS}.items():
         tree.create(name, kind)
-    _set(tree.create("offsets", "int64"), np.zeros(1, np.int64))
     tree.attrs.update(attrs)
+    _set(tree.create("offsets", "int64"), np.zeros(1, np.int64))  # last: the shard exists from here on
 
 
 def _set(array: Any, values: np.ndarray) -> None:
@@ -58,6 +59,9 @@ def _extend(array: Any, values: np.ndarray, start: int) -> None:
 
 
 def committed_videos(tree: Tree) -> int:
+    """Videos committed so far; 0 for a shard another process is still creating (no ``offsets`` yet)."""
+    if not tree.has("offsets"):
+        return 0
     return int(tree.array("offsets").shape[0]) - 1
 
 
@@ -84,7 +88,20 @@ def repair(tree: Tree) -> None:
 
 
 def read_ids(tree: Tree) -> list[str]:
-    return list(tree.read("videos/id", 0, committed_videos(tree)))
+    count = committed_videos(tree)
+    return list(tree.read("videos/id", 0, count)) if count else []
+
+
+_TOP_NAMES = {name.split("/")[0] for name in (*FRAME_ARRAYS, *CLIP_ARRAYS, *VIDEO_ARRAYS, *FAILURE_ARRAYS)}
+_TOP_NAMES |= {"features", "offsets"}
+
+
+def interrupted_creation(tree: Tree) -> bool:
+    """A shard whose creation was cut short (or is still running in another process): nothing but vfeat
+    arrays, no ``offsets`` and no attributes but ours. It holds no committed video and may be created anew."""
+    if tree.has("offsets") or dict(tree.attrs).get("format", FORMAT_NAME) != FORMAT_NAME:
+        return False
+    return tree.top_names() <= _TOP_NAMES
 
 
 def append(tree: Tree, batch: Batch) -> int:

@@ -22,7 +22,7 @@ from vfeat.store import fs
 from vfeat.store.backends import open_read, transaction
 from vfeat.store.format import IDENTITY_ATTRS, Batch, Failure, VideoRecord, shard_kind
 from vfeat.store.reader import MANIFEST
-from vfeat.store.tree import append, initialise, read_ids
+from vfeat.store.tree import append, initialise, interrupted_creation, read_ids
 
 JOURNAL_SUFFIX = ".journal"
 
@@ -71,12 +71,15 @@ class ShardWriter:
         self._pending = Batch()
         self._last_flush = time.monotonic()
         self._parts: list[str] = []
-        if fs.exists(self.path):
+        create = not fs.exists(self.path)
+        if not create:
             with open_read(self.path, kind) as tree:
-                if not tree.has("offsets"):
+                create = interrupted_creation(tree)
+                if not create and not tree.has("offsets"):
                     raise StoreError(f"{self.path}: exists but is not a vfeat store")
-                check_compatible(self.path, tree.attrs, attrs)
-        else:
+                if not create:
+                    check_compatible(self.path, tree.attrs, attrs)
+        if create:
             with transaction(self.path, kind, create=True) as tree:
                 initialise(tree, attrs)
         self._remove_leftovers()
