@@ -564,9 +564,6 @@ def test_bad_input(tmp_path, model, retrieval):
         assert_refused(cli(*command, "--features", store, "--pretrained", model.other), "other.pt", "sha256")
 
 
-@pytest.mark.xfail(strict=True, reason="predict and search accept an empty store: exit 0 with an empty table (predict "
-                   "--out writes a parquet without columns), while evaluate refuses it ('the store holds no videos'); "
-                   "explore.predict/search never check len(store)")
 @pytest.mark.parametrize("command", [["predict", "--texts", "a dog"], ["search", "a dog"]], ids=["predict", "search"])
 def test_empty_store_refused_by_predict_and_search(tmp_path, model, command):
     empty = tmp_path / "empty.zarr"

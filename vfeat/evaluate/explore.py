@@ -9,7 +9,7 @@ import numpy as np
 from vfeat.errors import InputError
 from vfeat.evaluate.tasks import load_task
 from vfeat.evaluate.text import class_embeddings, embed_texts, load_store_model
-from vfeat.evaluate.video import normalise
+from vfeat.evaluate.video import normalise, require_videos
 from vfeat.store.reader import open_store
 
 
@@ -27,6 +27,7 @@ def predict(features: str, texts: Sequence[str] | None = None, task: str | None 
     if top < 1:
         raise InputError(f"Invalid --top ({top}). It must be >= 1.")
     with open_store(features) as store:
+        require_videos(store)
         encoder = load_store_model(store.attrs, device=device, pretrained=pretrained)
         if task:
             t = load_task(task)
@@ -60,6 +61,7 @@ def search(features: str, query: str, top: int = 10, device: str = "cpu", pretra
     if not query.strip():
         raise InputError("The search query is empty.")
     with open_store(features) as store:
+        require_videos(store)
         encoder = load_store_model(store.attrs, device=device, pretrained=pretrained)
         q = embed_texts(encoder, [query])[0]
         best: list[tuple[float, str, float]] = []

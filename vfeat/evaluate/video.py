@@ -17,10 +17,16 @@ def _normalise(rows: np.ndarray) -> np.ndarray:
     return rows / np.maximum(norms, 1e-12)
 
 
-def video_embeddings(store) -> tuple[list[str], np.ndarray]:
-    """(ids, [V, D]) in store order. Empty stores are an error naming the store."""
+def require_videos(store) -> None:
+    """Refuse an empty store up front: every reader of it (evaluate, predict, search) would otherwise
+    answer with an empty table that looks like a result."""
     if len(store) == 0:
         raise StoreError(f"{store.path}: the store holds no videos")
+
+
+def video_embeddings(store) -> tuple[list[str], np.ndarray]:
+    """(ids, [V, D]) in store order. Empty stores are an error naming the store."""
+    require_videos(store)
     name = "clips/features" if store.has_clips else "features"
     ids, out = [], np.zeros((len(store), int(store.attrs["embed_dim"])), np.float32)
     for video_id, rows, _ in store.iter_rows(name):
