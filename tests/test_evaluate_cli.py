@@ -432,9 +432,6 @@ def test_custom_classes_and_templates(tmp_path, model):
         assert_png(plot)
 
 
-@pytest.mark.xfail(strict=True, reason="labels CSV rows whose video is not in the store are silently dropped: "
-                   "tasks.labels_for discards match_ids(...).unmatched_annotations, so neither the counts nor the notes "
-                   "of evaluate mention them (the issue: 'labels/captions without a video are counted and reported')")
 def test_labels_without_a_video_are_counted(tmp_path, model):
     classes, templates = custom_files(tmp_path)
     store, _, rows = custom_store(tmp_path, model)
@@ -533,7 +530,10 @@ def test_multiple_choice(tmp_path, model, retrieval):
     (result,) = evaluate_json(tmp_path, "--features", retrieval["path"], "--multiple-choice", path)
     assert result["metrics"] == pytest.approx({"accuracy": 100.0 * right / len(questions)}, abs=1e-9)
     assert 0 < result["metrics"]["accuracy"] < 100
-    assert result["counts"] == {"questions": 8, "questions_evaluated": 7, "questions_without_video": 1}
+    assert result["counts"] == {"questions": 8, "questions_evaluated": 7, "questions_without_video": 1,
+                                "videos_without_question": 1}
+    notes = " ".join(result["notes"])
+    assert "ghost.mp4" in notes and "msrvtt/uncaptioned.mp4" in notes
 
 
 # -- bad input -------------------------------------------------------------------------------------------

@@ -178,6 +178,18 @@ def test_labels_csv_gives_same_labels_as_folders(tmp_path):
     assert report.num_labeled == 5
 
 
+def test_labels_csv_rows_without_a_stored_video_are_reported(tmp_path):
+    (tmp_path / "labels.csv").write_text("video_id,label\nxyz_000010_000020,abseiling\nghost,abseiling\n"
+                                         "gone.mp4,air drumming\n")
+    labels, report = T.labels_for(T.load_task("kinetics400"), ["xyz_000010_000020.mp4", "loose.mp4"],
+                                  labels_csv=tmp_path / "labels.csv")
+    np.testing.assert_array_equal(labels, [0, -1])
+    assert report.without_video == ["ghost", "gone.mp4"] and report.unlabeled == ["loose.mp4"]
+    assert "2 labeled videos are not in the store (e.g. ghost, gone.mp4)" in report.summary()
+    _, by_folder = T.labels_for(T.load_task("kinetics400"), KIN_IDS)
+    assert by_folder.without_video == []  # labels taken from the ids themselves cannot lack a video
+
+
 def test_official_kinetics_csv_and_ucf_csv(tmp_path):
     (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n"
                                     "abseiling,xyz,10,20,val\nair drumming,abc,1,11,val\n")

@@ -100,7 +100,8 @@ def _classification(task: Task, ids: list[str], videos: np.ndarray, encoder: Any
     per_class = result.pop("per_class_accuracy")
     result.pop("num_samples", None)
     counts = {"videos_in_store": len(ids), "videos_evaluated": int(keep.sum()), "videos_without_label": int((~keep).sum()),
-              "classes": len(task.classes), "unknown_labels": report.unknown_labels}
+              "labels_without_video": len(report.without_video), "classes": len(task.classes),
+              "unknown_labels": report.unknown_labels}
     details = {"per_class_accuracy": {c: (None if np.isnan(a) else a) for c, a in zip(task.classes, per_class)},
                "predictions": {"ids": [i for i, k in zip(ids, keep) if k], "true": y[keep].tolist(),
                                "pred": np.argmax(scores, axis=1).tolist()}}
@@ -129,7 +130,7 @@ def _retrieval(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, cap
 
 def _multiple_choice(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, path: str) -> Result:
     questions = read_multiple_choice(path)
-    match = match_ids([q.video_id for q in questions], ids)
+    match = match_ids([q.video_id for q in questions], ids, (task.captions or {}).get("strip_prefix", ""))
     kept = [q for q in questions if q.video_id in match.mapping]
     if not kept:
         raise InputError(f"No question in {path} matches a stored video: {match.summary()}")
@@ -141,5 +142,6 @@ def _multiple_choice(task: Task, ids: list[str], videos: np.ndarray, encoder: An
         scores[row, : len(q.candidates)] = emb @ videos[position[match.mapping[q.video_id]]]
     result = metrics.multiple_choice_accuracy(scores, [q.answer for q in kept])
     result.pop("num_questions", None)
-    counts = {"questions": len(questions), "questions_evaluated": len(kept), "questions_without_video": len(questions) - len(kept)}
+    counts = {"questions": len(questions), "questions_evaluated": len(kept), "questions_without_video": len(questions) - len(kept),
+              "videos_without_question": len(match.unmatched_store)}
     return Result(task.name, task.type, result, counts, {}, [match.summary()])

@@ -251,11 +251,13 @@ def task_from_files(classes_path=None, templates_path=None, base: Task | None = 
 
 @dataclass
 class LabelReport:
-    """What labels_for found: how many videos got a label, which did not and why."""
+    """What labels_for found: how many videos got a label, which did not and why, and which rows of a
+    labels CSV name no stored video (counted and reported, never dropped silently)."""
     num_videos: int
     num_labeled: int
     unlabeled: list[str] = field(default_factory=list)     # video ids without a label
     unknown_labels: dict[str, int] = field(default_factory=dict)  # extracted label -> count, not a class
+    without_video: list[str] = field(default_factory=list)  # labels CSV ids that match no stored video
 
     def summary(self) -> str:
         msg = f"labeled {self.num_labeled} of {self.num_videos} videos"
@@ -263,6 +265,9 @@ class LabelReport:
             msg += f"; {len(self.unlabeled)} without a label (e.g. {_examples(self.unlabeled)})"
         if self.unknown_labels:
             msg += f"; labels not in the class list: {_examples(f'{k!r} x{v}' for k, v in self.unknown_labels.items())}"
+        if self.without_video:
+            msg += (f"; {len(self.without_video)} labeled videos are not in the store "
+                    f"(e.g. {_examples(self.without_video)})")
         return msg
 
 
@@ -302,7 +307,8 @@ def _read_labels_csv(path) -> dict[str, str]:
 
 
 def labels_for(task: Task, video_ids: Iterable[str], labels_csv=None) -> tuple[np.ndarray, LabelReport]:
-    """Class index per stored video id (-1 when unlabeled), and a report of what did not match.
+    """Class index per stored video id (-1 when unlabeled), and a report of what did not match on either
+    side (stored videos without a label, labels CSV rows without a stored video).
 
     By labels_csv when given (ids matched exactly or by file stem, see annotations.match_ids), else by the
     task's labels.from: 'filename' searches labels.pattern in the file name; 'parent_folder' takes the
@@ -314,12 +320,15 @@ def labels_for(task: Task, video_ids: Iterable[str], labels_csv=None) -> tuple[n
     index = task.class_index()
     labels = np.full(len(ids), -1, dtype=np.int64)
     unknown: dict[str, int] = {}
+    without_video: list[str] = []
     source = "csv" if labels_csv is not None else task.labels.get("from", "parent_folder")
     if source == "csv":
         if labels_csv is None:
             raise InputError(f"Task {task.name} takes labels from a CSV: pass --labels FILE (video_id,label).")
         table = _read_labels_csv(labels_csv)
-        inverse = {s: a for a, s in match_ids(table, ids).mapping.items()}
+        match = match_ids(table, ids)
+        without_video = match.unmatched_annotations
+        inverse = {s: a for a, s in match.mapping.items()}
         raw = [table.get(inverse.get(v, "\0")) for v in ids]
     elif source == "filename":
         rx = re.compile(task.labels["pattern"])
@@ -340,4 +349,4 @@ def labels_for(task: Task, video_ids: Iterable[str], labels_csv=None) -> tuple[n
         else:
             unknown[lab] = unknown.get(lab, 0) + 1
     unlabeled = [v for v, y in zip(ids, labels) if y < 0]
-    return labels, LabelReport(len(ids), int((labels >= 0).sum()), unlabeled, unknown)
+    return labels, LabelReport(len(ids), int((labels >= 0).sum()), unlabeled, unknown, without_video)
