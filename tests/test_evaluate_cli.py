@@ -504,7 +504,16 @@ def test_retrieval_captions(tmp_path, retrieval, fmt, dsl):
     assert_png(plot)
 
 
-def test_multiple_choice(tmp_path, model, retrieval):
+def write_captions(path: Path, pairs) -> Path:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("video_id", "caption"), *pairs])
+    return path
+
+
+@pytest.fixture(scope="module")
+def multiple_choice(model, retrieval, tmp_path_factory):
+    """A question per captioned video of the retrieval store (its last caption among three or two other videos'
+    first captions), one for a video that is not stored; and the reference accuracy (strict argmax)."""
     rows, questions = [("video_id", "candidate_1", "candidate_2", "candidate_3", "candidate_4", "answer_index")], []
     captions = {}
     for vid, caption in retrieval["pairs"]:
@@ -519,7 +528,7 @@ def test_multiple_choice(tmp_path, model, retrieval):
         rows.append((vid, *cands, answer))
         questions.append((vid, [c for c in cands if c], answer))
     rows.append(("ghost.mp4", "a", "b", "c", "d", 0))
-    path = tmp_path / "mc.csv"
+    path = tmp_path_factory.mktemp("mc") / "mc.csv"
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(rows)
     right = 0
@@ -527,13 +536,48 @@ def test_multiple_choice(tmp_path, model, retrieval):
         key = vid if vid in retrieval["store"] else f"msrvtt/{vid}.mp4"
         scores = model.ref.embed(cands) @ pooled(retrieval["store"][key])
         right += all(scores[answer] > s for j, s in enumerate(scores) if j != answer)
-    (result,) = evaluate_json(tmp_path, "--features", retrieval["path"], "--multiple-choice", path)
-    assert result["metrics"] == pytest.approx({"accuracy": 100.0 * right / len(questions)}, abs=1e-9)
+    return {"path": path, "accuracy": 100.0 * right / len(questions)}
+
+
+def test_multiple_choice(tmp_path, retrieval, multiple_choice):
+    (result,) = evaluate_json(tmp_path, "--features", retrieval["path"], "--multiple-choice", multiple_choice["path"])
+    assert result["metrics"] == pytest.approx({"accuracy": multiple_choice["accuracy"]}, abs=1e-9)
     assert 0 < result["metrics"]["accuracy"] < 100
     assert result["counts"] == {"questions": 8, "questions_evaluated": 7, "questions_without_video": 1,
                                 "videos_without_question": 1}
     notes = " ".join(result["notes"])
     assert "ghost.mp4" in notes and "msrvtt/uncaptioned.mp4" in notes
+
+
+def test_captions_and_multiple_choice_in_one_run(tmp_path, retrieval, multiple_choice):
+    """Without --task, every annotation file given is evaluated (the second one used to be ignored)."""
+    captions = write_captions(tmp_path / "captions.csv", retrieval["pairs"])
+    results = evaluate_json(tmp_path, "--features", retrieval["path"], "--captions", captions, "--multiple-choice",
+                            multiple_choice["path"], "--dsl")
+    assert [(r["task"], r["type"]) for r in results] == [("retrieval", "retrieval"),
+                                                         ("multiple_choice", "multiple_choice")]
+    assert_metrics(results[0]["metrics"], retrieval["want"][True])
+    assert results[1]["metrics"] == pytest.approx({"accuracy": multiple_choice["accuracy"]}, abs=1e-9)
+
+
+def test_templates_apply_to_the_classification_tasks_of_a_mixed_run(tmp_path, model):
+    """--task <classification>,msrvtt --templates: the templates replace the classification task's, the
+    retrieval task runs on --captions (it used to refuse: 'msrvtt is retrieval')."""
+    classes, templates = custom_files(tmp_path)
+    store, (want, _), _ = custom_store(tmp_path, model)
+    task = {"name": "mine", "type": "classification", "labels": {"from": "parent_folder"}, "classes": CUSTOM,
+            "templates": ["{}"]}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(task))
+    captions = tmp_path / "msrvtt.csv"
+    with captions.open("w", newline="") as f:
+        csv.writer(f).writerows([("key", "vid_key", "video_id", "sentence"),
+                                 *[(f"ret{c}", f"msr{c}", f"c{c}0", f"a video of {readable(name, {})}")
+                                   for c, name in enumerate(CUSTOM)]])
+    mine, msrvtt = evaluate_json(tmp_path, "--features", store, "--task", f"{tmp_path / 'mine.yaml'},msrvtt",
+                                 "--templates", templates, "--captions", captions)
+    assert mine["templates"] == CUSTOM_TEMPLATES and msrvtt["templates"] == []
+    assert_metrics(mine["metrics"], want)
+    assert msrvtt["counts"]["captions"] == 4 and msrvtt["counts"]["videos_without_caption"] == 8
 
 
 # -- bad input -------------------------------------------------------------------------------------------
@@ -569,6 +613,52 @@ def test_empty_store_refused_by_predict_and_search(tmp_path, model, command):
     empty = tmp_path / "empty.zarr"
     ShardWriter(str(empty), model.attrs).close()
     assert_refused(cli(*command, "--features", empty), "no videos")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--task", "ucf101", "--captions", "{captions}"], ["--captions only applies to retrieval", "ucf101: classification"]),
+    (["--task", "ucf101", "--multiple-choice", "{mc}"], ["--multiple-choice only applies to multiple choice"]),
+    (["--task", "ucf101", "--dsl"], ["--dsl only applies to retrieval"]),
+    (["--multiple-choice", "{mc}", "--dsl"], ["--dsl only applies to retrieval", "multiple_choice: multiple choice"]),
+    (["--captions", "{captions}", "--labels", "{captions}"], ["--labels only applies to classification"]),
+    (["--task", "msrvtt", "--captions", "{captions}", "--labels", "{captions}"], ["--labels", "msrvtt: retrieval"]),
+    (["--task", "msrvtt", "--captions", "{captions}", "--templates", "{captions}"], ["--templates only applies"]),
+    (["--task", "msrvtt", "--captions", "{captions}", "--classes", "{captions}"], ["--classes only applies"]),
+    (["--task", "msrvtt,didemo", "--captions", "{captions}"], ["--captions names one file", "msrvtt, didemo"]),
+    (["--task", "ucf101,hmdb51,ucf101"], ["--task names ucf101 twice"]),
+    (["--task", "msrvtt"], ["Task msrvtt is retrieval: pass --captions FILE (MSRVTT_JSFUSION_test.csv)"]),
+    (["--task", "ucf101", "--plot", "{tmp}/confusion.docx"], ["Invalid --plot", ".docx", ".png"]),
+], ids=["captions", "multiple-choice", "dsl-classification", "dsl-multiple-choice", "labels", "labels-task",
+        "templates", "classes", "one-captions-two-tasks", "task-twice", "missing-captions", "plot-type"])
+def test_flags_no_task_would_use_are_refused(tmp_path, retrieval, multiple_choice, args, needles):
+    """A flag that would be silently ignored is one error naming it, before the store is read (so also on a
+    store that does not exist: the flag is the first thing wrong)."""
+    captions = write_captions(tmp_path / "captions.csv", retrieval["pairs"])
+    args = [a.format(captions=captions, mc=multiple_choice["path"], tmp=tmp_path) for a in args]
+    assert_refused(cli("evaluate", "--features", retrieval["path"], *args), *needles)
+    assert_refused(cli("evaluate", "--features", tmp_path / "missing.zarr", *args), *needles)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--out", "{tmp}/preds.txt"], ["Invalid --out", "preds.txt", ".parquet, .csv, .jsonl"]),
+    (["--out", "{tmp}/preds"], ["Invalid --out"]),
+    (["--limit", "-1"], ["Invalid --limit (-1)"]),
+    (["--plot", "{tmp}/timeline.docx"], ["Invalid --plot"]),
+], ids=["out-type", "out-no-suffix", "limit", "plot-type"])
+def test_predict_flags_refused_before_work(tmp_path, moments, args, needles):
+    store, _ = moments
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert_refused(cli("predict", "--features", store, "--texts", TEXT_A, TEXT_B, *args), *needles)
+    assert not list(tmp_path.iterdir())
+
+
+def test_predict_out_suffix_is_case_insensitive(tmp_path, moments):
+    import pandas as pd
+
+    store, videos = moments
+    result = cli("predict", "--features", store, "--texts", TEXT_A, TEXT_B, "--out", tmp_path / "preds.CSV")
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "preds.CSV")) == sum(len(v) for v in videos.values())
 
 
 # -- predict and search ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vfeat.errors import VfeatError
+from vfeat.errors import InputError, VfeatError
 
 app = typer.Typer(
     add_completion=False,
@@ -221,9 +221,12 @@ def evaluate(
 ) -> None:
     """Zero-shot classification, text-video retrieval or multiple choice from a feature store."""
     _quiet_libraries()
+    from vfeat.evaluate.plots import check_plot_path
     from vfeat.evaluate.run import evaluate as run_evaluate
 
     try:
+        if plot:
+            check_plot_path(plot)
         results = run_evaluate(features, task, classes=classes, templates=templates, labels=labels, captions=captions,
                                multiple_choice=multiple_choice, dsl=dsl, device=device, pretrained=pretrained)
     except VfeatError as exc:
@@ -248,6 +251,13 @@ def evaluate(
             plot_result(result, target)
 
 
+PREDICTION_FORMATS = {  # predict --out: file suffix -> writer
+    ".parquet": lambda frame, path: frame.to_parquet(path, index=False),
+    ".csv": lambda frame, path: frame.to_csv(path, index=False),
+    ".jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True),
+}
+
+
 @app.command(epilog="""Examples:
 
   vfeat predict --features s.zarr --texts "a dog smiles" "a woman is lifting" --out preds.parquet --plot p.png
@@ -268,8 +278,16 @@ def predict(
     """Per-frame zero-shot predictions: for each stored frame, the best labels with logit and probability."""
     _quiet_libraries()
     from vfeat.evaluate.explore import predict as run_predict
+    from vfeat.evaluate.plots import check_plot_path
 
+    out_format = Path(out_path).suffix.lower() if out_path else None
     try:
+        if out_format not in (None, *PREDICTION_FORMATS):
+            raise InputError(f"Invalid --out {out_path}: predictions are written as {', '.join(PREDICTION_FORMATS)}.")
+        if limit < 0:
+            raise InputError(f"Invalid --limit ({limit}). It must be >= 0.")
+        if plot:
+            check_plot_path(plot)
         result = run_predict(features, texts=(texts or []) + (more_texts or []) or None, task=task, top=top, device=device, pretrained=pretrained)
     except VfeatError as exc:
         _fail(exc)
@@ -283,13 +301,7 @@ def predict(
     if out_path:
         import pandas as pd
 
-        frame = pd.DataFrame(result["rows"])
-        if out_path.endswith(".csv"):
-            frame.to_csv(out_path, index=False)
-        elif out_path.endswith(".jsonl"):
-            frame.to_json(out_path, orient="records", lines=True)
-        else:
-            frame.to_parquet(out_path, index=False)
+        PREDICTION_FORMATS[out_format](pd.DataFrame(result["rows"]), out_path)
     if plot:
         from vfeat.evaluate.plots import plot_timelines
 

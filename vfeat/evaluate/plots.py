@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from vfeat.errors import InputError
+
 
 def _plt():
     import matplotlib
@@ -16,6 +18,18 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a --plot file type matplotlib cannot write before any work is done, not after it (no suffix
+    means PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if suffix and suffix not in supported:
+        raise InputError(f"Invalid --plot {path}: cannot write .{suffix} figures; use one of "
+                         f"{', '.join('.' + s for s in sorted(supported))}.")
 
 
 def plot_result(result: dict[str, Any], path: str) -> None:

@@ -36,24 +36,61 @@ class Result:
 
 
 def resolve_tasks(task: str | None, classes: str | None, templates: str | None, captions: str | None,
-                  multiple_choice: str | None) -> list[Task | None]:
-    """The tasks named on the command line (comma-separated), or a custom one from files."""
-    tasks: list[Task | None] = []
-    for name in [t.strip() for t in (task or "").split(",") if t.strip()]:
-        loaded = load_task(name)
-        if classes or templates:
-            loaded = task_from_files(classes, templates, base=loaded)
-        tasks.append(loaded)
+                  multiple_choice: str | None) -> list[Task]:
+    """The tasks named on the command line (comma-separated), with --classes/--templates replacing those parts
+    of their classification tasks; without --task, one custom task per annotation file given."""
+    tasks = [load_task(name) for name in [t.strip() for t in (task or "").split(",") if t.strip()]]
+    if tasks:
+        for flag, path in (("--classes", classes), ("--templates", templates)):
+            if path:
+                _require_type(flag, "classification", tasks)
+        return [task_from_files(classes, templates, base=t) if (classes or templates) and t.type == "classification"
+                else t for t in tasks]
+    if classes or templates:
+        tasks.append(task_from_files(classes, templates))
+    if captions:
+        tasks.append(Task(name="retrieval", type="retrieval", captions={"format": "generic"}))
+    if multiple_choice:
+        tasks.append(Task(name="multiple_choice", type="multiple_choice"))
     if not tasks:
-        if classes or templates:
-            tasks.append(task_from_files(classes, templates))
-        elif captions:
-            tasks.append(Task(name="retrieval", type="retrieval", captions={"format": "generic"}))
-        elif multiple_choice:
-            tasks.append(Task(name="multiple_choice", type="multiple_choice"))
-        else:
-            raise InputError("Nothing to evaluate: pass --task, --classes, --captions or --multiple-choice.")
+        raise InputError("Nothing to evaluate: pass --task, --classes, --captions or --multiple-choice.")
     return tasks
+
+
+# Flags that only some task types use, and the annotation file each type needs (one per run).
+_FLAG_TYPE = {"--labels": "classification", "--captions": "retrieval", "--dsl": "retrieval",
+              "--multiple-choice": "multiple_choice"}
+_FILE_FLAG = {"retrieval": ("--captions", "video_id,caption CSV"),
+              "multiple_choice": ("--multiple-choice", "video_id,candidate_1..N,answer_index CSV")}
+
+
+def _require_type(flag: str, kind: str, tasks: list[Task]) -> None:
+    if not any(t.type == kind for t in tasks):
+        have = ", ".join(f"{t.name}: {t.type.replace('_', ' ')}" for t in tasks)
+        raise InputError(f"{flag} only applies to {kind.replace('_', ' ')} tasks, and this run has none ({have}).")
+
+
+def check_flags(tasks: list[Task], given: dict[str, Any]) -> None:
+    """No flag is silently ignored: one that no task of the run uses, or a task without its annotation file,
+    is an error naming the flag, raised before the store or the model is read."""
+    names = [t.name for t in tasks]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice:
+        raise InputError(f"--task names {twice} twice.")
+    for flag, kind in _FLAG_TYPE.items():
+        if given.get(flag):
+            _require_type(flag, kind, tasks)
+    for kind, (flag, layout) in _FILE_FLAG.items():
+        need = [t for t in tasks if t.type == kind]
+        if need and not given.get(flag):
+            expected = (need[0].captions or {}).get("file") or layout
+            raise InputError(f"Task {need[0].name} is {kind.replace('_', ' ')}: pass {flag} FILE ({expected}).")
+        if len(need) > 1:
+            raise InputError(f"{flag} names one file, but {len(need)} tasks need one each "
+                             f"({', '.join(t.name for t in need)}); evaluate them in separate runs.")
+    for t in tasks:
+        if t.type == "classification" and t.labels.get("from") == "csv" and not given.get("--labels"):
+            raise InputError(f"Task {t.name} takes labels from a CSV: pass --labels FILE (video_id,label).")
 
 
 def evaluate(features: str, task: str | None = None, *, classes: str | None = None, templates: str | None = None,
@@ -61,6 +98,7 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
              dsl: bool = False, device: str = "cpu", pretrained: str | None = None) -> list[dict[str, Any]]:
     """Evaluate the store ``features`` on each task; returns one result dict per task."""
     tasks = resolve_tasks(task, classes, templates, captions, multiple_choice)
+    check_flags(tasks, {"--labels": labels, "--captions": captions, "--multiple-choice": multiple_choice, "--dsl": dsl})
     with open_store(features) as store:
         attrs = store.attrs
         ids, videos = video_embeddings(store)
@@ -71,12 +109,8 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
         if t.type == "classification":
             result = _classification(t, ids, videos, encoder, labels)
         elif t.type == "retrieval":
-            if not captions:
-                raise InputError(f"Task {t.name} is retrieval: pass --captions FILE ({t.captions.get('file', 'video_id,caption CSV')}).")
             result = _retrieval(t, ids, videos, encoder, captions, dsl)
         else:
-            if not multiple_choice:
-                raise InputError(f"Task {t.name} is multiple choice: pass --multiple-choice FILE.")
             result = _multiple_choice(t, ids, videos, encoder, multiple_choice)
         provenance = {
             "model": model, "store": features, "task_file": str(t.path) if t.path else None,
