@@ -549,6 +549,26 @@ def test_multiple_choice(tmp_path, retrieval, multiple_choice):
     assert "ghost.mp4" in notes and "msrvtt/uncaptioned.mp4" in notes
 
 
+def test_multiple_choice_embeds_all_candidates_in_one_call(tmp_path, monkeypatch, retrieval, multiple_choice):
+    """Each distinct candidate text goes through the text tower once, in one call (not one call per question)."""
+    import vfeat.evaluate.run as run
+
+    calls = []
+
+    def spy(encoder, texts, *args, **kwargs):
+        calls.append(list(texts))
+        return embed(encoder, texts, *args, **kwargs)
+
+    embed = run.embed_texts
+    monkeypatch.setattr(run, "embed_texts", spy)
+    (result,) = evaluate_json(tmp_path, "--features", retrieval["path"], "--multiple-choice", multiple_choice["path"])
+    assert result["metrics"] == pytest.approx({"accuracy": multiple_choice["accuracy"]}, abs=1e-9)
+    with multiple_choice["path"].open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["video_id"] != "ghost.mp4"]
+    candidates = {v for r in rows for k, v in r.items() if k.startswith("candidate_") and v}
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(candidates)
+
+
 def test_captions_and_multiple_choice_in_one_run(tmp_path, retrieval, multiple_choice):
     """Without --task, every annotation file given is evaluated (the second one used to be ignored)."""
     captions = write_captions(tmp_path / "captions.csv", retrieval["pairs"])

@@ -149,7 +149,8 @@ def _retrieval(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, cap
     index = build_retrieval_index(pairs, ids, strip_prefix=(task.captions or {}).get("strip_prefix", ""))
     if not index.captions:
         raise InputError(f"No caption in {captions_path} matches a stored video: {index.match.summary()}")
-    gallery = videos[[ids.index(v) for v in index.video_ids]]
+    position = {v: i for i, v in enumerate(ids)}
+    gallery = videos[[position[v] for v in index.video_ids]]
     text = embed_texts(encoder, index.captions)
     targets = np.asarray(index.caption_video)
     t2v = metrics.blockwise_ranks(text, gallery, targets, dsl_over="queries" if dsl else None)
@@ -171,9 +172,12 @@ def _multiple_choice(task: Task, ids: list[str], videos: np.ndarray, encoder: An
     width = max(len(q.candidates) for q in kept)
     scores = np.full((len(kept), width), -np.inf)
     position = {v: i for i, v in enumerate(ids)}
+    texts = list(dict.fromkeys(c for q in kept for c in q.candidates))  # one text-tower call, each text once
+    text_row = {t: i for i, t in enumerate(texts)}
+    emb = embed_texts(encoder, texts)
     for row, q in enumerate(kept):
-        emb = embed_texts(encoder, list(q.candidates))
-        scores[row, : len(q.candidates)] = emb @ videos[position[match.mapping[q.video_id]]]
+        video = videos[position[match.mapping[q.video_id]]]
+        scores[row, : len(q.candidates)] = emb[[text_row[c] for c in q.candidates]] @ video
     result = metrics.multiple_choice_accuracy(scores, [q.answer for q in kept])
     result.pop("num_questions", None)
     counts = {"questions": len(questions), "questions_evaluated": len(kept), "questions_without_video": len(questions) - len(kept),
