@@ -8,12 +8,17 @@ Frames travel with their own timestamps: nothing here assumes a constant frame r
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
 
 from vfeat.errors import DecodeError
+from vfeat.gop import GopSkipper, PacketClassifier, SkipPoints
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Probe:
     info: VideoInfo
     timestamps_s: np.ndarray  # float64 [num_frames], sorted, from the first frame (first is 0.0)
     pts: np.ndarray  # int64 [num_frames], the stream's own pts values, same order
+    skip: SkipPoints | None = None  # packets the decoder may leave out (None: decode every packet)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ def probe(path: str) -> Probe:
         pts_list: list[int] = []
         max_pts, last_duration = None, 0
         rotation: int | None = None
+        classifier = PacketClassifier(stream)
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
@@ -131,6 +138,7 @@ def probe(path: str) -> Probe:
                 if rotation is None:
                     rotation = _first_frame_rotation(packet, path)
                 pts_list.append(int(stamp))
+                classifier.add(packet, int(stamp))
                 if max_pts is None or stamp > max_pts:
                     max_pts, last_duration = int(stamp), int(packet.duration or 0)
         except av.error.FFmpegError as exc:
@@ -144,7 +152,7 @@ def probe(path: str) -> Probe:
         container.close()
     first = pts[0]
     seconds = (pts - first).astype(np.float64) * float(time_base)
-    return Probe(info, seconds, pts)
+    return Probe(info, seconds, pts, classifier.result())
 
 
 def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rotation: int) -> VideoInfo:
@@ -201,37 +209,79 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return int(short_side * width / height), short_side
 
 
-def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode the video and yield ``(pts, rgb uint8 [H, W, 3])`` for each frame whose pts is in
-    ``wanted_pts``, in presentation order, upright, resized and cropped at decode time."""
+def skipping_enabled() -> bool:
+    """GOP and disposable-frame skipping is on unless ``VFEAT_DECODE_SKIP=0`` (for comparisons)."""
+    return os.environ.get("VFEAT_DECODE_SKIP", "1") != "0"
+
+
+@dataclass
+class DecodeStats:
+    packets_sent: int = 0
+    packets_skipped: int = 0
+    fallbacks: int = 0
+
+
+def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None, skip: SkipPoints | None = None,
+                    stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the video and yield ``(pts, rgb uint8 [H, W, 3])`` once for each frame whose pts is in
+    ``wanted_pts``, upright, resized and cropped at decode time.
+
+    With ``skip`` (from :func:`probe`), packets that cannot contribute to a wanted frame are not decoded
+    (see :mod:`vfeat.gop`); the frames are the same. Should a wanted frame still not come out that way,
+    the missing ones are decoded again from the start without skipping.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    wanted = set(int(p) for p in wanted_pts)
+    total = len(wanted)
+    if skip is not None and skipping_enabled():
+        try:
+            for stamp, image in _decode(path, wanted, resize, total, skip, stats):
+                wanted.discard(stamp)
+                yield stamp, image
+        except DecodeError as exc:
+            log.debug("%s", exc)
+        if not wanted:
+            return
+        stats.fallbacks += 1
+        log.warning("%s: %d frame(s) missing after skipping packets; decoding them again in full", path, len(wanted))
+    yield from _decode(path, wanted, resize, total, None, stats)
+
+
+def _decode(path: str, wanted: set[int], resize: Resize | None, total: int, skip: SkipPoints | None,
+            stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
-    wanted = set(int(p) for p in wanted_pts)
-    last_wanted = max(wanted)
+    pending = set(wanted)
+    skipper = GopSkipper(skip, np.fromiter(pending, np.int64)) if skip is not None else None
     container = _open(path)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        quarter_turns = 0
-        yielded = 0
         try:
-            for frame in container.decode(stream):
-                stamp = frame.pts if frame.pts is not None else frame.dts
-                if stamp is None or int(stamp) not in wanted:
-                    if stamp is not None and stamp > last_wanted and yielded >= len(wanted):
-                        break
+            for packet in container.demux(stream):
+                if skipper is not None and packet.size and packet.pts is not None and not skipper.send(int(packet.pts)):
+                    stats.packets_skipped += 1
                     continue
-                quarter_turns = int(round((frame.rotation or 0) / 90.0)) % 4
-                yield int(stamp), _to_rgb(frame, quarter_turns, resize)
-                yielded += 1
-                if yielded >= len(wanted):
+                stats.packets_sent += 1
+                for frame in packet.decode():
+                    stamp = frame.pts if frame.pts is not None else frame.dts
+                    if stamp is None or int(stamp) not in pending:
+                        continue
+                    stamp = int(stamp)
+                    pending.discard(stamp)
+                    if skipper is not None:
+                        skipper.came_out(stamp)
+                    quarter_turns = int(round((frame.rotation or 0) / 90.0)) % 4
+                    yield stamp, _to_rgb(frame, quarter_turns, resize)
+                if not pending:
                     break
         except av.error.FFmpegError as exc:
-            raise DecodeError(f"{path}: decoding failed after {yielded} of {len(wanted)} frames ({exc.strerror or exc})") from None
+            done = total - len(pending)
+            raise DecodeError(f"{path}: decoding failed after {done} of {total} frames ({exc.strerror or exc})") from None
     finally:
         container.close()
-    if yielded < len(wanted):
-        raise DecodeError(f"{path}: truncated or corrupt: decoded {yielded} of {len(wanted)} selected frames")
+    if pending and skipper is None:
+        raise DecodeError(f"{path}: truncated or corrupt: decoded {total - len(pending)} of {total} selected frames")
 
 
 def _to_rgb(frame, quarter_turns: int, resize: Resize | None) -> np.ndarray:

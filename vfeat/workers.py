@@ -35,7 +35,7 @@ def decode_job(job: int, path: str, plan: SamplingPlan, resize: Resize, one_clip
         wanted = np.array(sorted(rows_of), dtype=np.int64)
         rows: list[list[int]] = []
         pixels: list[np.ndarray] = []
-        for pts, image in decode_selected(path, wanted, resize):
+        for pts, image in decode_selected(path, wanted, resize, probed.skip):
             rows.append(rows_of[pts])
             pixels.append(image)
             if len(pixels) >= CHUNK_FRAMES:
