@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -280,3 +281,60 @@ def test_local_engine_shards_join_a_ray_manifest(videos, local_store, tmp_path):
     assert "shard-00000.zarr" in json.loads((out / "manifest.json").read_text())["shards"]
     with vfeat.open_store(str(out)) as store:
         assert sorted(store.ids) == ["v00.mp4", "v01.mp4"]
+
+
+# -- the model actor, without a cluster: the local pipeline's records ------------------------------------------
+
+FIXTURES = Path(os.environ.get("VFEAT_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+ACTOR_CASES = {
+    "frames": (TINY_KW, {"fps": FPS}),
+    "frames+clips": (TINY_KW, {"clips": 2, "clip_len": 3, "stride": 2}),
+    "clip model, N frames": ({"model": "clip-vip-b32", "model_config": str(FIXTURES / "clip_vip_ext" / "config.json"),
+                              "pretrained": "none", "device": "cpu"}, {"num_frames": 4}),
+    "clip model, clips": ({"model": "open-vclip-b16", "model_config": str(FIXTURES / "open_vclip" / "config.json"),
+                           "pretrained": "none", "device": "cpu"}, {"clips": 2, "clip_len": 8, "stride": 1}),
+}
+
+
+@pytest.mark.parametrize("case", ACTOR_CASES)
+def test_model_actor_builds_the_records_the_local_engine_stores(videos, tmp_path, case):
+    """Decode rows and one model-actor call, made by hand as Ray Data makes them (a batch of four videos, one
+    of them broken, model batches smaller than a video): the records equal the local engine's store."""
+    from vfeat.engines.ray_engine import EncodeVideos, decode_video
+    from vfeat.extractor import extract_sources
+    from vfeat.pipeline import decode_resize, one_clip_per_video
+    from vfeat.sampling import SamplingPlan
+    from vfeat.sources import expand_inputs
+    from vfeat.store.format import Failure
+
+    model_kw, plan_kw = ACTOR_CASES[case]
+    plan = SamplingPlan(**plan_kw)
+    sources = [s for s in expand_inputs([str(videos)], None) if s.video_id in ("broken.mp4", "sub/deep.mp4", "v01.mp4", "v02.mp4")]
+    local = tmp_path / "local.zarr"
+    extract_sources(sources, str(local), model=model_kw["model"], pretrained="none", plan=plan, model_config=model_kw["model_config"],
+                    device="cpu", precision="auto", dtype="float16", batch_size=64, workers=0, store_format=None)
+
+    actor = EncodeVideos({"name": model_kw["model"], "pretrained": "none", "config": model_kw["model_config"], "device": "cpu",
+                          "precision": "auto"}, plan, "float16", batch_size=3)
+    resize, one_clip = decode_resize(actor.encoder), one_clip_per_video(actor.encoder, plan)
+    rows = [decode_video({"video_id": s.video_id, "path": s.path, "open_path": s.path}, plan, resize, one_clip) for s in sources]
+    batch = {key: np.array([row[key] for row in rows] + [None], dtype=object)[:-1] for key in rows[0]}  # ragged: object arrays
+    out = actor(batch)
+    records = {video_id: pickle.loads(blob) for video_id, blob in zip(out["video_id"], out["record"])}
+
+    assert sorted(records) == sorted(s.video_id for s in sources)
+    with vfeat.open_store(str(local)) as want:
+        assert [(f.video_id, f.error) for f in want.failures()] == [
+            (r.video_id, r.error) for r in records.values() if isinstance(r, Failure)]
+        for video_id in want.ids:
+            record = records[video_id]
+            if want.has_frames:
+                features, stamps = want[video_id]
+                assert np.array_equal(record.timestamps_ms, stamps), video_id
+                np.testing.assert_allclose(record.features.astype(np.float32), features.astype(np.float32), rtol=1e-2, atol=2e-3)
+            else:
+                assert record.features is None
+            if want.has_clips:
+                clips, start_ms, end_ms = want.clips(video_id)
+                assert np.array_equal(record.clip_start_ms, start_ms) and np.array_equal(record.clip_end_ms, end_ms)
+                np.testing.assert_allclose(record.clip_features.astype(np.float32), clips.astype(np.float32), rtol=1e-2, atol=2e-3)

@@ -14,7 +14,7 @@ from vfeat import __version__
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.models.factory import load_model
-from vfeat.pipeline import RunStats, run
+from vfeat.pipeline import RunStats, check_plan, run
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
 from vfeat.store import fs
@@ -174,10 +174,7 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     load_started = time.perf_counter()
     if encoder is None:
         encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
-    if not encoder.frame_level and plan.mode in ("fps", "all"):
-        raise InputError(
-            f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
-        )
+    check_plan(encoder, plan)
     shard = shard_for(out, store_format, rank)
     model_load_s = time.perf_counter() - load_started
     started = time.perf_counter()

@@ -3,6 +3,10 @@
 Decoding runs in worker processes feeding a bounded queue (memory stays bounded whatever the video
 length); the model runs here, on batches that mix frames (or clips) of several videos so short videos
 still fill a batch; a video is handed to the writer when all its rows are encoded.
+
+Public pieces, shared by the local :func:`run` and the Ray engine's model actors:
+:func:`check_plan`, :func:`decode_resize` and :func:`one_clip_per_video` (what the decoder must deliver),
+:func:`encode_videos` (decode messages in, finished records out) and :func:`report` (counting them).
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import queue
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from vfeat.decode import Resize
+from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
@@ -51,6 +56,21 @@ class RunStats:
     frames: int = 0
     decode_wait_s: float = 0.0
     model_s: float = 0.0
+
+
+def report(result: VideoRecord | Failure, stats: RunStats, on_progress: Callable[[RunStats, int], None] | None = None) -> None:
+    """Count one finished video, say on stderr why a failed one was skipped, and tell ``on_progress``
+    (with the frames it added). Every engine reports its videos through here."""
+    if isinstance(result, Failure):
+        stats.videos_failed += 1
+        print(f"vfeat: skipped {result.error}", file=sys.stderr)
+        frames = 0
+    else:
+        frames = len(result.timestamps_ms)
+        stats.videos_ok += 1
+        stats.frames += frames
+    if on_progress:
+        on_progress(stats, frames)
 
 
 class Batcher:
@@ -135,6 +155,96 @@ def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.
     return record
 
 
+def _push_ready_clips(video: _Video, batch: Batcher) -> None:
+    while video.next_clip < len(video.clip_rows):
+        rows = video.clip_rows[video.next_clip]
+        if not all(r in video.pixels for r in rows):
+            return
+        batch.add(video, video.next_clip, np.stack([video.pixels[r] for r in rows]))
+        for r in rows:
+            video.pixels.pop(r, None)
+        video.next_clip += 1
+
+
+# -- what the decoder must deliver for a model ------------------------------------------------------------
+
+def check_plan(encoder: VideoEncoder, plan: SamplingPlan) -> None:
+    """Refuse, before any work, a plan the model cannot encode: clip models need clips, not single frames."""
+    if not encoder.frame_level and plan.mode in ("fps", "all"):
+        raise InputError(
+            f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
+        )
+
+
+def decode_resize(encoder: VideoEncoder) -> Resize:
+    """Frames leave the decoder at the model's input size, resized with the model's interpolation."""
+    pre = encoder.preprocess
+    return Resize(short_side=pre.image_size, crop=pre.image_size, interpolation=_swscale_name(pre.interpolation))
+
+
+def one_clip_per_video(encoder: VideoEncoder, plan: SamplingPlan) -> bool:
+    """A clip model sampling N frames per video (not ``--clips``) encodes them as the video's one clip."""
+    return not encoder.frame_level and plan.mode != "clips"
+
+
+def _swscale_name(interpolation: str) -> str:
+    return {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "POINT", "lanczos": "LANCZOS"}.get(interpolation.lower(), "BICUBIC")
+
+
+# -- decoded videos -> model -> records ---------------------------------------------------------------------
+
+def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, *,
+                  batch_size: int = 64, storage_dtype: str = "float16", stats: RunStats | None = None) -> Iterator[VideoRecord | Failure]:
+    """Decode messages (the protocol of :mod:`vfeat.workers`; ``job`` indexes ``sources``) in, each video's
+    :class:`VideoRecord` (or :class:`Failure`) out as soon as all its rows are encoded. Model batches mix
+    frames (or clips) of every video in flight. ``stats.model_s`` gets the time spent in the model."""
+    batch = Batcher(encoder, batch_size, encoder.device, getattr(encoder, "compute_dtype", torch.float32))
+    store_dtype = np.dtype(storage_dtype)
+    videos: dict[int, _Video] = {}
+
+    def finished() -> Iterator[VideoRecord]:
+        for job in [j for j, v in videos.items() if v.decoded and v.rows_encoded == len(v.timestamps_ms)]:
+            yield _finish(videos.pop(job), encoder, plan, store_dtype)
+
+    try:
+        for message in messages:
+            kind, job = message[0], message[1]
+            if kind == "video":
+                _, _, info, timestamps_ms, clip_rows = message
+                video = _Video(sources[job], info, timestamps_ms, clip_rows)
+                if encoder.frame_outputs:
+                    video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), np.float32)
+                if clip_rows and not encoder.frame_level:
+                    video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), np.float32)
+                videos[job] = video
+            elif kind == "frames":
+                _, _, rows, pixels = message
+                video = videos[job]
+                video.rows_seen += sum(len(r) for r in rows)
+                if encoder.frame_level:
+                    batch.add(video, rows, pixels)
+                else:
+                    for row_list, image in zip(rows, pixels):
+                        for row in row_list:
+                            video.pixels[row] = image
+                    _push_ready_clips(video, batch)
+            elif kind == "done":
+                videos[job].decoded = True
+                if not encoder.frame_level:
+                    _push_ready_clips(videos[job], batch)
+                yield from finished()
+            elif kind == "error":
+                videos.pop(job, None)
+                yield Failure(sources[job].video_id, sources[job].path, message[2])
+        batch.run()
+        yield from finished()
+    finally:
+        if stats is not None:
+            stats.model_s += batch.seconds
+
+
+# -- the local engine: decode processes on this machine ----------------------------------------------------
+
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
@@ -187,80 +297,16 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
     stats = RunStats()
     if not sources:
         return stats
-    device = encoder.device
-    dtype = getattr(encoder, "compute_dtype", torch.float32)
-    pre = encoder.preprocess
-    resize = Resize(short_side=pre.image_size, crop=pre.image_size, interpolation=_swscale_name(pre.interpolation))
-    one_clip = not encoder.frame_level and plan.mode != "clips"
-    batch = Batcher(encoder, batch_size, device, dtype)
-    store_dtype = np.dtype(storage_dtype)
+    resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
     jobs = [(i, s.path) for i, s in enumerate(sources)]
     workers = default_workers() if workers is None else workers
     messages: Iterable[tuple] = (
         _messages_inline(jobs, plan, resize, one_clip) if workers == 0 else _messages_from_workers(jobs, plan, resize, one_clip, workers, stats)
     )
-    videos: dict[int, _Video] = {}
-
-    def drain(force: bool) -> None:
-        if force:
-            batch.run()
-        for job in [j for j, v in videos.items() if v.decoded and v.rows_encoded == len(v.timestamps_ms)]:
-            video = videos.pop(job)
-            commit(_finish(video, encoder, plan, store_dtype))
-            stats.videos_ok += 1
-            stats.frames += len(video.timestamps_ms)
-            if on_progress:
-                on_progress(stats, len(video.timestamps_ms))
-
-    for message in messages:
-        kind, job = message[0], message[1]
-        if kind == "video":
-            _, _, info, timestamps_ms, clip_rows = message
-            video = _Video(sources[job], info, timestamps_ms, clip_rows)
-            if encoder.frame_outputs:
-                video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), np.float32)
-            if clip_rows and not encoder.frame_level:
-                video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), np.float32)
-            videos[job] = video
-        elif kind == "frames":
-            _, _, rows, pixels = message
-            video = videos[job]
-            video.rows_seen += sum(len(r) for r in rows)
-            if encoder.frame_level:
-                batch.add(video, rows, pixels)
-            else:
-                for row_list, image in zip(rows, pixels):
-                    for row in row_list:
-                        video.pixels[row] = image
-                _push_ready_clips(video, batch)
-        elif kind == "done":
-            videos[job].decoded = True
-            if not encoder.frame_level:
-                _push_ready_clips(videos[job], batch)
-            drain(force=False)
-        elif kind == "error":
-            videos.pop(job, None)
-            source = sources[job]
-            fail(Failure(source.video_id, source.path, message[2]))
-            stats.videos_failed += 1
-            print(f"vfeat: skipped {message[2]}", file=sys.stderr)
-            if on_progress:
-                on_progress(stats, 0)
-    drain(force=True)
-    stats.model_s = batch.seconds
+    for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype, stats=stats):
+        if isinstance(result, Failure):
+            fail(result)
+        else:
+            commit(result)
+        report(result, stats, on_progress)
     return stats
-
-
-def _push_ready_clips(video: _Video, batch: Batcher) -> None:
-    while video.next_clip < len(video.clip_rows):
-        rows = video.clip_rows[video.next_clip]
-        if not all(r in video.pixels for r in rows):
-            return
-        batch.add(video, video.next_clip, np.stack([video.pixels[r] for r in rows]))
-        for r in rows:
-            video.pixels.pop(r, None)
-        video.next_clip += 1
-
-
-def _swscale_name(interpolation: str) -> str:
-    return {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "POINT", "lanczos": "LANCZOS"}.get(interpolation.lower(), "BICUBIC")

@@ -1,13 +1,13 @@
 """``--engine ray``: the same extraction, scheduled by Ray Data on a cluster.
 
     video list (a dataset) -> decode: CPU tasks running vfeat.workers.decode_job, one row per video
-      -> model: an actor pool, the model loaded once per actor, vfeat.pipeline's Batcher and records
+      -> model: an actor pool, the model loaded once per actor, vfeat.pipeline.encode_videos
       -> driver: shards of ``shard_size`` videos, each committed into ``manifest.json`` once closed
 
-What a video becomes is the pipeline's business (same decoder, batcher and record); this module owns only
-scheduling and the commit. A shard's name is a hash of its video ids, so a rerun after a crash plans the
-same names and replaces an uncommitted shard instead of adding a second copy; a shard joins the manifest
-only when complete, so readers never see half of one. Errors are caught per video inside each stage and
+What a video becomes is the pipeline's business (the same decoder, and the same encode_videos the local
+engine runs); this module owns only scheduling and the commit. A shard's name is a hash of its video ids,
+so a rerun after a crash plans the same names and replaces an uncommitted shard instead of adding a second
+copy; a shard joins the manifest only when complete, so readers never see half of one. Errors are caught per video inside each stage and
 travel as failure records (an exception in a Ray stage would fail the whole job).
 """
 
@@ -17,9 +17,8 @@ import hashlib
 import json
 import os
 import pickle
-import sys
 import time
-from typing import Any, Callable, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import numpy as np
 
@@ -27,17 +26,17 @@ from vfeat.decode import Resize
 from vfeat.errors import InputError, VfeatError
 from vfeat.extractor import ExtractSummary, committed_elsewhere, store_attrs
 from vfeat.models.factory import load_model
-from vfeat.pipeline import RunStats, _swscale_name
+from vfeat.pipeline import RunStats, check_plan, decode_resize, encode_videos, one_clip_per_video, report
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
 from vfeat.store import fs
 from vfeat.store.format import Failure, VideoRecord, shard_kind
 from vfeat.store.reader import MANIFEST
 from vfeat.store.writer import ShardWriter, commit_shards, journal_dir
-from vfeat.workers import decode_job
+from vfeat.workers import CHUNK_FRAMES, decode_job
 
 SHARD_PREFIX = "shard-ray-"
-#: Videos handed to a model actor per call; its Batcher mixes their frames into model batches.
+#: Videos handed to a model actor per call; encode_videos mixes their frames into model batches.
 VIDEOS_PER_CALL = 4
 #: CPUs a model actor reserves. On a GPU it mostly waits for the device; on CPU-only clusters (tests, small
 #: jobs) half a core per actor leaves cores for the decode tasks, which each reserve one.
@@ -70,7 +69,7 @@ def plan_shards(video_ids: Iterable[str], shard_size: int, store_format: str, co
 
 def decode_video(row: dict[str, Any], plan: SamplingPlan, resize: Resize, one_clip: bool) -> dict[str, Any]:
     """One video -> one row: its sampled frames (uint8 [k, S, S, 3]), the store rows each frame fills, the
-    rows' timestamps; or ``error``. Never raises."""
+    rows' timestamps; or ``error``. Never raises. :func:`decode_messages` turns the row back into messages."""
     size = resize.crop
     out = {"video_id": row["video_id"], "path": row["path"], "error": "", "info": "{}", "clip_rows": "[]",
            "frame_rows": "[]", "timestamps_ms": np.zeros(0, np.float64), "pixels": np.zeros((0, size, size, 3), np.uint8)}
@@ -94,57 +93,39 @@ def decode_video(row: dict[str, Any], plan: SamplingPlan, resize: Resize, one_cl
     return out
 
 
+def decode_messages(batch: dict[str, np.ndarray], job: int) -> Iterator[tuple]:
+    """Row ``job`` of a batch of :func:`decode_video` rows, as the decode messages of :mod:`vfeat.workers`
+    again (frames in chunks of ``CHUNK_FRAMES``, the units the local pipeline batches)."""
+    if batch["error"][job]:
+        yield ("error", job, str(batch["error"][job]))
+        return
+    yield ("video", job, json.loads(batch["info"][job]), np.asarray(batch["timestamps_ms"][job]), json.loads(batch["clip_rows"][job]))
+    frame_rows, pixels = json.loads(batch["frame_rows"][job]), np.asarray(batch["pixels"][job])
+    for start in range(0, len(pixels), CHUNK_FRAMES):
+        yield ("frames", job, frame_rows[start:start + CHUNK_FRAMES], pixels[start:start + CHUNK_FRAMES])
+    yield ("done", job)
+
+
 # -- stage 2: model (actor pool) ------------------------------------------------------------------------
 
 class EncodeVideos:
     """A model actor: loads the model once, then turns batches of decoded videos into store records
-    (pickled :class:`VideoRecord` or :class:`Failure`), exactly as the local pipeline builds them."""
+    (pickled :class:`VideoRecord` or :class:`Failure`) with the local pipeline's :func:`encode_videos`."""
 
     def __init__(self, model_args: dict[str, Any], plan: SamplingPlan, storage_dtype: str, batch_size: int) -> None:
         self.encoder = load_model(**model_args)
-        self.plan, self.store_dtype, self.batch_size = plan, np.dtype(storage_dtype), batch_size
+        self.plan, self.storage_dtype, self.batch_size = plan, storage_dtype, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        sources = [VideoSource(str(video_id), str(path)) for video_id, path in zip(batch["video_id"], batch["path"])]
+        messages = (message for job in range(len(sources)) for message in decode_messages(batch, job))
         try:
-            records = self._encode(batch)
+            records = list(encode_videos(messages, sources, self.encoder, self.plan, batch_size=self.batch_size,
+                                         storage_dtype=self.storage_dtype))
         except Exception as exc:  # e.g. out of memory: every video of this batch fails, the job goes on
             records = [Failure(str(video_id), str(path), str(error) or f"{path}: model: {type(exc).__name__}: {exc}")
                        for video_id, path, error in zip(batch["video_id"], batch["path"], batch["error"])]
         return {"video_id": [r.video_id for r in records], "record": [pickle.dumps(r, protocol=5) for r in records]}
-
-    def _encode(self, batch: dict[str, np.ndarray]) -> list[VideoRecord | Failure]:
-        import torch
-
-        from vfeat.pipeline import Batcher, _finish, _push_ready_clips, _Video
-        from vfeat.workers import CHUNK_FRAMES
-
-        encoder = self.encoder
-        batcher = Batcher(encoder, self.batch_size, encoder.device, getattr(encoder, "compute_dtype", torch.float32))
-        videos, failures = [], []
-        for i in range(len(batch["video_id"])):
-            source = VideoSource(str(batch["video_id"][i]), str(batch["path"][i]))
-            if batch["error"][i]:
-                failures.append(Failure(source.video_id, source.path, str(batch["error"][i])))
-                continue
-            timestamps_ms, clip_rows = np.asarray(batch["timestamps_ms"][i]), json.loads(batch["clip_rows"][i])
-            video = _Video(source, json.loads(batch["info"][i]), timestamps_ms, clip_rows)
-            if encoder.frame_outputs:
-                video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), np.float32)
-            if clip_rows and not encoder.frame_level:
-                video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), np.float32)
-            videos.append(video)
-            frame_rows, pixels = json.loads(batch["frame_rows"][i]), np.asarray(batch["pixels"][i])
-            for start in range(0, len(pixels), CHUNK_FRAMES):  # the units the local pipeline batches
-                rows, chunk = frame_rows[start:start + CHUNK_FRAMES], pixels[start:start + CHUNK_FRAMES]
-                if encoder.frame_level:
-                    batcher.add(video, rows, chunk)
-                    continue
-                for row_list, image in zip(rows, chunk):
-                    for row in row_list:
-                        video.pixels[row] = image
-                _push_ready_clips(video, batcher)
-        batcher.run()
-        return failures + [_finish(video, encoder, self.plan, self.store_dtype) for video in videos]
 
 
 # -- stage 3: the driver writes and commits shards --------------------------------------------------------
@@ -240,7 +221,9 @@ def run_ray(sources: list[VideoSource], out: str, *, model: str, pretrained: str
         for row in dataset.iter_rows():
             record = pickle.loads(row["record"])
             if committer.take(record):
-                _count(record, stats, failures, on_progress)
+                if isinstance(record, Failure):
+                    failures.append(record)
+                report(record, stats, on_progress)
         if committer.missing():  # never seen; would mean Ray dropped rows. Their shards stay uncommitted.
             raise VfeatError(f"the Ray job returned no result for {len(committer.missing())} video(s), e.g. "
                              f"{committer.missing()[0]}; rerun the command to retry them.")
@@ -256,26 +239,8 @@ def _from_driver_copy(model_args: dict[str, Any], plan: SamplingPlan, dtype: str
     """Store attributes, decode size and clip mode from a CPU copy of the model (a bad model name or flag is
     reported here, not in a remote traceback)."""
     encoder = load_model(**{**model_args, "device": "cpu"})
-    if not encoder.frame_level and plan.mode in ("fps", "all"):
-        raise InputError(
-            f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
-        )
-    pre = encoder.preprocess
-    resize = Resize(short_side=pre.image_size, crop=pre.image_size, interpolation=_swscale_name(pre.interpolation))
-    return store_attrs(encoder, plan, dtype), resize, not encoder.frame_level and plan.mode != "clips"
-
-
-def _count(record: VideoRecord | Failure, stats: RunStats, failures: list[Failure],
-           on_progress: Callable[[RunStats, int], None] | None) -> None:
-    if isinstance(record, Failure):
-        failures.append(record)
-        stats.videos_failed += 1
-        print(f"vfeat: skipped {record.error}", file=sys.stderr)
-    else:
-        stats.videos_ok += 1
-        stats.frames += len(record.timestamps_ms)
-    if on_progress:
-        on_progress(stats, 0 if isinstance(record, Failure) else len(record.timestamps_ms))
+    check_plan(encoder, plan)
+    return store_attrs(encoder, plan, dtype), decode_resize(encoder), one_clip_per_video(encoder, plan)
 
 
 def _dataset(todo: list[VideoSource], plan: SamplingPlan, resize: Resize, one_clip: bool, model_args: dict[str, Any],
