@@ -86,3 +86,31 @@ def test_pipeline_does_not_import_engines():
     """Engines import the pipeline, not the reverse."""
     names = imported_names(PACKAGE / "pipeline.py")
     assert not [n for n in names if n.startswith("vfeat.engines")]
+
+
+def test_wheel_ships_every_subpackage_and_the_configs(tmp_path):
+    """A non-editable install (``pip install .``, the Docker image, a wheel) must find the task and model
+    YAML: pyproject maps ``configs/`` into the wheel as ``vfeat/configs``, and lists packages explicitly."""
+    import tomllib
+    import zipfile
+
+    root = PACKAGE.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("vfeat-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for kind in ("models", "tasks"):
+        for yaml_file in (root / "configs" / kind).glob("*.yaml"):
+            assert f"vfeat/configs/{kind}/{yaml_file.name}" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = "import vfeat; from vfeat.evaluate.tasks import load_task; print(vfeat.__file__, len(load_task('ucf101').classes))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    where, count = out.stdout.split()
+    assert Path(where).is_relative_to(target) and count == "101"
