@@ -324,7 +324,7 @@ def measure_rss(args: argparse.Namespace, video: str, run_dir: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--rss-video", video, "--rss-out", str(out),
            "--model", args.model, "--device", args.device, "--precision", args.precision,
-           "--rss-batch-size", str(args.rss_batch_size)] + (["--gop-skip"] if args.gop_skip else [])
+           "--rss-batch-size", str(args.rss_batch_size)] + (["--no-skip"] if args.no_skip else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     shutil.rmtree(out, ignore_errors=True)
     for line in proc.stdout.splitlines():
@@ -351,23 +351,12 @@ def _decode_count(item: tuple) -> tuple[int, int, float]:
 
 def _pool_init() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as vfeat.workers.worker_main does
-    if os.environ.get("VFEAT_PROTO_SKIP") == "1":
-        import proto_decode
-
-        proto_decode.install_from_env()
 
 
-def use_gop_skip_prototype() -> None:
-    """--gop-skip: swap vfeat's decoder for the GOP-tail-skip prototype of bench/proto_decode.py, in this
-    process (workers=0, correctness) and in every decode process (through the environment)."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    import proto_decode
-    import vfeat.pipeline
-
-    os.environ["VFEAT_PROTO_SKIP"] = "1"
-    proto_decode.install_from_env()
-    vfeat.pipeline.worker_main = proto_decode.patched_worker_main
+def decode_every_packet() -> None:
+    """--no-skip: vfeat's decoder without packet skipping (vfeat/gop.py), in this process and, through the
+    environment, in every decode process it starts."""
+    os.environ["VFEAT_DECODE_SKIP"] = "0"
 
 
 def decode_only(paths: list[str], plan, resize, workers: int) -> dict:
@@ -579,8 +568,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=None, help="interleaved rounds of decode/model/end to end (default 2; --quick 1)")
     p.add_argument("--wait-idle", type=float, default=0, metavar="S",
                    help="before each measurement, wait up to S seconds for other processes to leave the CPU idle")
-    p.add_argument("--gop-skip", action="store_true",
-                   help="measure vfeat with the GOP-tail-skip decoder prototype (bench/proto_decode.py) instead of its own")
+    p.add_argument("--no-skip", action="store_true",
+                   help="decode every packet (VFEAT_DECODE_SKIP=0): the decoder before GOP and disposable-frame skipping")
     p.add_argument("--report", metavar="JSON", help="print the table of a saved --out-json result and exit")
     p.add_argument("--corpus-only", action="store_true", help="generate (or check) the corpus and exit")
     p.add_argument("--skip-baseline", action="store_true")
@@ -604,8 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report(summarise(json.loads(Path(args.report).read_text()))))
         return 0
     if args.rss_child:
-        if args.gop_skip:
-            use_gop_skip_prototype()
+        if args.no_skip:
+            decode_every_packet()
         rss_child(args)
         return 0
     from vfeat.decode import Resize
@@ -613,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     from vfeat.pipeline import _swscale_name, default_workers
     from vfeat.sampling import SamplingPlan
 
-    if args.gop_skip:
-        use_gop_skip_prototype()
+    if args.no_skip:
+        decode_every_packet()
     spec = corpus_spec(args)
     corpus_root = Path(args.corpus) / ("quick" if args.quick else "full")
     dirs = make_corpus(spec, corpus_root)
@@ -635,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = default_workers() if args.workers is None else args.workers
     r: dict = {"date": dt.date.today().isoformat(), "machine": info,
                "command": "python bench/extract.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "settings": {"decoder": "GOP-tail-skip prototype" if args.gop_skip else "vfeat", "model": args.model,
+               "settings": {"decoder": "vfeat, every packet decoded" if args.no_skip else "vfeat", "model": args.model,
                             "pretrained": "none", "precision": args.precision, "device": args.device, "fps": args.fps,
                             "batch_size": args.batch_size, "decode_workers": workers},
                "corpus": {"short_clips": len(short), "short_seconds": spec["short_s"], "long_videos": len(long_),
