@@ -597,9 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             decode_every_packet()
         rss_child(args)
         return 0
-    from vfeat.decode import Resize
     from vfeat.models.factory import load_model
-    from vfeat.pipeline import _swscale_name, default_workers
+    from vfeat.pipeline import decode_resize, default_workers
     from vfeat.sampling import SamplingPlan
 
     if args.no_skip:
@@ -618,8 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     short, long_ = videos_in(dirs["short"]), videos_in(dirs["long"])
     corpus = short + long_
     encoder = load_model(args.model, "none", device=args.device, precision=args.precision)
-    pre = encoder.preprocess
-    resize = Resize(short_side=pre.image_size, crop=pre.image_size, interpolation=_swscale_name(pre.interpolation))
+    resize = decode_resize(encoder)
     plan = SamplingPlan(fps=args.fps)
     workers = default_workers() if args.workers is None else args.workers
     r: dict = {"date": dt.date.today().isoformat(), "machine": info,
