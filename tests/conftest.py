@@ -212,14 +212,17 @@ def _openai_style_archive(model, path: Path) -> None:
 def tiny_model(tmp_path_factory) -> TinyModel:
     """vfeat-tiny-vit (tests/data/vfeat-tiny-vit.json, 32 px input) with every parameter perturbed away from its
     init (so no layer norm or bias is a no-op) and rounded to fp16 (so the fp16 archive and the fp32 state dict
-    hold identical values)."""
+    hold identical values). The init is seeded (in a forked RNG, leaving torch's global generator alone), so the
+    weights are the same whichever tests ran first."""
     import open_clip
     import torch
 
     folder = tmp_path_factory.mktemp("tiny-model")
     open_clip.add_model_config(TINY_CONFIG)
     gen = torch.Generator().manual_seed(1234)
-    model = open_clip.create_model(TINY_NAME, pretrained=None).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(TINY_NAME, pretrained=None).eval()
     with torch.no_grad():
         for param in model.parameters():
             noise = torch.randn(param.shape, generator=gen)
