@@ -16,12 +16,11 @@ from vfeat.models.base import VideoEncoder
 from vfeat.models.factory import load_model
 from vfeat.pipeline import RunStats, check_plan, run
 from vfeat.sampling import SamplingPlan
+from vfeat.shards import committed_elsewhere, shard_for
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
 from vfeat.store import fs
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
-from vfeat.store.reader import MANIFEST, shard_paths
-from vfeat.store.backends import open_read
-from vfeat.store.tree import read_ids
+from vfeat.store.reader import MANIFEST
 from vfeat.store.writer import ShardWriter, commit_shards
 
 STORAGE_DTYPES = ("float16", "float32")
@@ -71,28 +70,6 @@ def store_attrs(encoder: VideoEncoder, plan: SamplingPlan, storage_dtype: str) -
         "hardware": {"device": str(encoder.device), "cpu": platform.processor() or platform.machine(),
                      "gpu": torch.cuda.get_device_name(encoder.device) if encoder.device.type == "cuda" else None},
     }
-
-
-def shard_for(out: str, store_format: str | None, rank: int = 0) -> str:
-    """The shard this process writes: ``out`` itself when it names a shard, else ``out/shard-RRRRR.<fmt>``."""
-    if shard_kind(out) is not None:
-        if store_format and shard_kind(out) != store_format:
-            raise InputError(f"--out {out} ends in .{shard_kind(out)} but --format is {store_format}.")
-        return out
-    suffix = {"zarr": "zarr", "h5": "h5"}[store_format or "zarr"]
-    return fs.join(out, f"shard-{rank:05d}.{suffix}")
-
-
-def committed_elsewhere(out: str, own_shard: str) -> set[str]:
-    """Ids already committed in the other shards of a directory store (resume across shards)."""
-    if shard_kind(out) is not None or not fs.isdir(out):
-        return set()
-    done: set[str] = set()
-    for path in shard_paths(out):
-        if path.rstrip("/") != own_shard.rstrip("/"):
-            with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
-                done.update(read_ids(tree))
-    return done
 
 
 def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: str | None = None, *,

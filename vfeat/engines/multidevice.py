@@ -32,7 +32,8 @@ def _device_main(results: Any, rank: int, sources: list[VideoSource], out: str, 
 
 def run_devices(sources: list[VideoSource], out: str, devices: list[str], workers: int | None, options: dict[str, Any],
                 on_start: Callable[[int, int], None] | None = None):
-    from vfeat.extractor import ExtractSummary, committed_elsewhere
+    from vfeat.extractor import ExtractSummary
+    from vfeat.shards import committed_elsewhere
 
     done = committed_elsewhere(out, "")
     todo = [s for s in sources if s.video_id not in done]

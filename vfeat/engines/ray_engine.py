@@ -24,10 +24,11 @@ import numpy as np
 
 from vfeat.decode import Resize
 from vfeat.errors import InputError, VfeatError
-from vfeat.extractor import ExtractSummary, committed_elsewhere, store_attrs
+from vfeat.extractor import ExtractSummary, store_attrs
 from vfeat.models.factory import load_model
 from vfeat.pipeline import RunStats, check_plan, decode_resize, encode_videos, one_clip_per_video, report
 from vfeat.sampling import SamplingPlan
+from vfeat.shards import committed_elsewhere
 from vfeat.sources import VideoSource
 from vfeat.store import fs
 from vfeat.store.format import Failure, VideoRecord, shard_kind
