@@ -114,3 +114,13 @@ def test_wheel_ships_every_subpackage_and_the_configs(tmp_path):
     assert out.returncode == 0, out.stderr
     where, count = out.stdout.split()
     assert Path(where).is_relative_to(target) and count == "101"
+
+
+def test_documented_front_doors_exist():
+    """vfeat/__init__.py names the Python API; each name must resolve to a callable."""
+    import vfeat
+    import vfeat.evaluate
+
+    for name in ("extract", "load_model", "list_models", "open_store"):
+        assert callable(getattr(vfeat, name))
+    assert vfeat.evaluate.evaluate.__module__ == "vfeat.evaluate.run"
