@@ -151,6 +151,7 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     load_started = time.perf_counter()
     if encoder is None:
         encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
+        encoder.drop_text_tower()
     check_plan(encoder, plan)
     shard = shard_for(out, store_format, rank)
     model_load_s = time.perf_counter() - load_started

@@ -39,8 +39,8 @@ class _Video:
     info: dict[str, Any]
     timestamps_ms: np.ndarray
     clip_rows: list[list[int]]
-    frame_features: np.ndarray | None = None  # [rows, D]
-    clip_features: np.ndarray | None = None  # [clips, D]
+    frame_features: np.ndarray | None = None  # [rows, D], in the storage dtype (a long video's rows add up)
+    clip_features: np.ndarray | None = None  # [clips, D], in the storage dtype
     rows_seen: int = 0
     rows_encoded: int = 0
     clips_encoded: int = 0
@@ -143,13 +143,13 @@ def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.
         video_id=video.source.video_id,
         path=video.source.path,
         info={k: video.info[k] for k in ("fps", "duration_s", "width", "height", "num_frames", "start_time_s", "rotation")},
-        features=None if video.frame_features is None else video.frame_features.astype(dtype),
+        features=None if video.frame_features is None else video.frame_features.astype(dtype, copy=False),
         timestamps_ms=ts,
     )
     if video.clip_rows and (plan.mode == "clips" or not encoder.frame_level):
         if video.clip_features is None:  # frame-level model: a clip is the mean of its frames
-            video.clip_features = np.stack([video.frame_features[rows].mean(axis=0) for rows in video.clip_rows])  # type: ignore[index]
-        record.clip_features = video.clip_features.astype(dtype)
+            video.clip_features = np.stack([video.frame_features[rows].astype(np.float32).mean(axis=0) for rows in video.clip_rows])  # type: ignore[index]
+        record.clip_features = video.clip_features.astype(dtype, copy=False)
         record.clip_start_ms = np.array([ts[rows[0]] for rows in video.clip_rows], dtype=np.float64)
         record.clip_end_ms = np.array([ts[rows[-1]] for rows in video.clip_rows], dtype=np.float64)
     return record
@@ -213,9 +213,9 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
                 _, _, info, timestamps_ms, clip_rows = message
                 video = _Video(sources[job], info, timestamps_ms, clip_rows)
                 if encoder.frame_outputs:
-                    video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), np.float32)
+                    video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), store_dtype)
                 if clip_rows and not encoder.frame_level:
-                    video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), np.float32)
+                    video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), store_dtype)
                 videos[job] = video
             elif kind == "frames":
                 _, _, rows, pixels = message

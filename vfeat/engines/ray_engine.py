@@ -115,6 +115,7 @@ class EncodeVideos:
 
     def __init__(self, model_args: dict[str, Any], plan: SamplingPlan, storage_dtype: str, batch_size: int) -> None:
         self.encoder = load_model(**model_args)
+        self.encoder.drop_text_tower()
         self.plan, self.storage_dtype, self.batch_size = plan, storage_dtype, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

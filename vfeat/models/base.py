@@ -99,8 +99,27 @@ class VideoEncoder(nn.Module):
         """Tokens from :meth:`tokenize` (or the official token ids) -> raw text embeddings [N, D]."""
         raise NotImplementedError
 
+    #: Attributes of the wrapped model that belong to the text side only (open_clip's CLIP and CustomTextCLIP,
+    #: CLIP-ViP, Open-VCLIP); ``logit_scale`` is kept, the store records it.
+    TEXT_PARTS = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection",
+                  "attn_mask", "text", "text_model")
+    text_dropped: bool = False
+
+    def drop_text_tower(self) -> None:
+        """Extraction never embeds text: free the text tower (about 40% of a ViT-B CLIP's weights, RAM or
+        GPU memory that the batches can use). Evaluation loads its own model with both towers."""
+        for owner_name in ("model", "clipmodel"):
+            owner = getattr(self, owner_name, None)
+            if isinstance(owner, nn.Module):
+                for name in self.TEXT_PARTS:
+                    if name in owner._modules or name in owner._parameters or name in owner._buffers:
+                        setattr(owner, name, None)
+        self.text_dropped = True
+
     def encode_text(self, texts: Sequence[str] | torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """Texts or already tokenised ids -> raw (not normalised) text embeddings [N, D]."""
+        if self.text_dropped:
+            raise RuntimeError("this encoder was loaded for extraction (drop_text_tower): load the model again to embed text")
         if isinstance(texts, (torch.Tensor, dict)):
             return self.encode_text_tokens(texts)
         return self.encode_text_tokens(self.tokenize(list(texts)))

@@ -6,6 +6,7 @@ import os
 import posixpath
 import uuid
 from pathlib import Path
+from typing import Any, BinaryIO, Callable
 
 
 def is_url(path: str) -> bool:
@@ -87,17 +88,22 @@ def open_binary(path: str):
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Whole-file write that readers never see half done: temp file + rename locally (fsynced), a single
-    PUT on object stores (atomic by nature)."""
+    """Whole-file write that readers never see half done."""
+    write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_atomic(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(handle)`` streams the content (no second copy of it in memory); readers never see the file
+    half done: temp file + rename locally (fsynced), a single PUT on object stores (atomic by nature)."""
     if is_url(path):
         fs, inner = filesystem(path)
         with fs.open(inner, "wb") as handle:
-            handle.write(data)
+            write(handle)
         return
     target = local(path)
     tmp = f"{target}.{uuid.uuid4().hex}.tmp"
     with open(tmp, "wb") as handle:
-        handle.write(data)
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)

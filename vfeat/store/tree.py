@@ -58,6 +58,13 @@ def _extend(array: Any, values: np.ndarray, start: int) -> None:
         array[start:stop] = values
 
 
+def _rows(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    """The rows of several videos as one array, without copying a single video that is already in ``dtype``
+    (a 2-hour video's rows are the largest thing a run holds)."""
+    joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return np.asarray(joined).astype(dtype, copy=False)
+
+
 def committed_videos(tree: Tree) -> int:
     """Videos committed so far; 0 for a shard another process is still creating (no ``offsets`` yet)."""
     if not tree.has("offsets"):
@@ -121,8 +128,8 @@ def append(tree: Tree, batch: Batch) -> int:
             lengths = [len(v.timestamps_ms) for v in videos]
             start = int(offsets[-1])
             dim = tree.array("features").shape[1]
-            _extend(tree.array("features"), np.concatenate([v.features for v in videos]).astype(tree.array("features").dtype).reshape(-1, dim), start)
-            _extend(tree.array("timestamps_ms"), np.concatenate([v.timestamps_ms for v in videos]).astype(np.float64), start)
+            _extend(tree.array("features"), _rows([v.features for v in videos], tree.array("features").dtype).reshape(-1, dim), start)
+            _extend(tree.array("timestamps_ms"), _rows([v.timestamps_ms for v in videos], np.float64), start)
             new_offsets = start + np.cumsum(lengths, dtype=np.int64)
         else:
             new_offsets = np.zeros(len(videos), np.int64)
@@ -130,9 +137,9 @@ def append(tree: Tree, batch: Batch) -> int:
             clip_offsets = tree.read("clips/offsets")
             clip_start = int(clip_offsets[-1])
             dim = tree.array("clips/features").shape[1]
-            _extend(tree.array("clips/features"), np.concatenate([v.clip_features for v in videos]).astype(tree.array("clips/features").dtype).reshape(-1, dim), clip_start)
-            _extend(tree.array("clips/start_ms"), np.concatenate([v.clip_start_ms for v in videos]).astype(np.float64), clip_start)
-            _extend(tree.array("clips/end_ms"), np.concatenate([v.clip_end_ms for v in videos]).astype(np.float64), clip_start)
+            _extend(tree.array("clips/features"), _rows([v.clip_features for v in videos], tree.array("clips/features").dtype).reshape(-1, dim), clip_start)
+            _extend(tree.array("clips/start_ms"), _rows([v.clip_start_ms for v in videos], np.float64), clip_start)
+            _extend(tree.array("clips/end_ms"), _rows([v.clip_end_ms for v in videos], np.float64), clip_start)
             counts = [len(v.clip_features) for v in videos]
             _extend(tree.array("clips/offsets"), clip_start + np.cumsum(counts, dtype=np.int64), n + 1)
         for name, kind in VIDEO_ARRAYS.items():

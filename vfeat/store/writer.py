@@ -99,15 +99,18 @@ class ShardWriter:
 
     def flush(self) -> None:
         """Make everything added so far durable (a journal part), merging it now for Zarr."""
+        written: dict[str, Batch] = {}
         if self._pending.videos or self._pending.failures:
             part = fs.join(journal_dir(self.path), f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.pkl")
             fs.makedirs(journal_dir(self.path))
-            fs.write_bytes_atomic(part, pickle.dumps(self._pending, protocol=5))
+            pending = self._pending
+            fs.write_atomic(part, lambda handle: pickle.dump(pending, handle, protocol=5))
             self._parts.append(part)
+            written[part] = pending
             self._pending = Batch()
         self._last_flush = time.monotonic()
         if self.kind == "zarr":
-            self._merge_parts(self._parts)
+            self._merge_parts(self._parts, in_memory=written)
 
     def close(self) -> None:
         self.flush()
@@ -147,12 +150,14 @@ class ShardWriter:
         folder = journal_dir(self.path)
         return [fs.join(folder, name) for name in fs.listdir(folder) if name.startswith("part-") and name.endswith(".pkl")]
 
-    def _merge_parts(self, parts: list[str]) -> None:
+    def _merge_parts(self, parts: list[str], in_memory: dict[str, Batch] | None = None) -> None:
+        """Append the parts' videos to the shard, then delete the parts. A part this process just wrote is
+        taken from ``in_memory`` rather than read back (no second copy of a long video's rows)."""
         if not parts:
             return
         merged = Batch()
         for part in parts:
-            batch: Batch = pickle.loads(fs.read_bytes(part))
+            batch = in_memory[part] if in_memory and part in in_memory else _read_part(part)
             merged.videos.extend(batch.videos)
             merged.failures.extend(batch.failures)
         with transaction(self.path, self.kind, create=False) as tree:
@@ -160,3 +165,8 @@ class ShardWriter:
         for part in parts:
             fs.remove(part)
         self._parts = [p for p in self._parts if p not in parts]
+
+
+def _read_part(part: str) -> Batch:
+    with fs.open_binary(part) as handle:
+        return pickle.load(handle)
