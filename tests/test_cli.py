@@ -68,6 +68,14 @@ def test_models_lists_openai_names_and_tags():
     assert "ViT-B/32" in table.output and "openai" in table.output
 
 
+def test_models_prints_whole_weight_links_on_a_narrow_terminal():
+    result = runner.invoke(app, ["models", "*vclip*"], env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    for name in ("open-vclip-b16", "open-vclip-b32", "open-vclip-l14"):
+        (line,) = [x for x in result.output.splitlines() if x.startswith(f"{name}: ")]
+        assert "https://github.com/wengzejia1/Open-VCLIP" in line and "…" not in line
+
+
 def test_models_pattern_filters():
     result = runner.invoke(app, ["models", "RN50*", "--json"])
     names = [row["name"] for row in json.loads(result.output)]

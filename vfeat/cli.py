@@ -169,10 +169,15 @@ def models(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("model", "family", "pretrained tags / official weights")
+    table = Table("model", "family", "pretrained tags")
     for row in rows:
-        table.add_row(row["name"], row["family"], ", ".join(row["pretrained"]) or str(row["weights"]).strip())
+        tags = ", ".join(row["pretrained"]) or ("official weights: see below" if row["weights"] else "")
+        table.add_row(row["name"], row["family"], tags)
     console.print(table)
+    # links are printed whole, one line each, so that they can be copied (a table cell would cut them)
+    for row in rows:
+        if row["weights"] and not row["pretrained"]:
+            console.print(f"{row['name']}: {' '.join(str(row['weights']).split())}", markup=False, highlight=False)
 
 
 @app.command(epilog="Examples:\n\n  vfeat export feats.zarr --to npy out/\n\n  vfeat export feats.zarr --to pickle out/")
