@@ -48,7 +48,9 @@ def test_skipping_gives_the_frames_ffmpeg_decodes(encoded, ffmpeg_frames, name, 
     ours = np.stack([decoded[int(got.pts[i])] for i in indices])
     full = dict(decode_selected(path, got.pts[indices], None, None))
     assert all(np.array_equal(decoded[k], full[k]) for k in full)
-    if "interlaced" not in name:  # ffmpeg's CLI converts interlaced 4:2:0 chroma per field; PyAV does not
+    # PyAV converts interlaced frames field by field (equal to the CLI with scale=interl=1, checked by hand);
+    # the CLI's default conversion treats them as progressive, so it is no oracle for them
+    if "interlaced" not in name:
         assert np.array_equal(ours, ffmpeg_frames(path, indices.tolist()))
     assert stats.fallbacks == 0
     if ENCODINGS[name][1]:
