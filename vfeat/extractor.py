@@ -16,12 +16,10 @@ from vfeat.models.base import VideoEncoder
 from vfeat.models.factory import load_model
 from vfeat.pipeline import RunStats, check_plan, run
 from vfeat.sampling import SamplingPlan
-from vfeat.shards import committed_elsewhere, shard_for
+from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
-from vfeat.store import fs
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
-from vfeat.store.reader import MANIFEST
-from vfeat.store.writer import ShardWriter, commit_shards
+from vfeat.store.writer import ShardWriter
 
 STORAGE_DTYPES = ("float16", "float32")
 ENGINES = ("local", "ray")
@@ -105,26 +103,22 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     device_list = parse_devices(devices) if devices else [device]
     options = dict(model=model, pretrained=pretrained, plan=plan, model_config=model_config, precision=precision,
                    dtype=dtype, batch_size=batch_size, store_format=store_format, **model_options)
+    if engine == "ray" and (encoder is not None or devices):
+        raise InputError("--engine ray loads the model in each Ray actor: pass the model by name, and no --devices.")
+    if len(device_list) > 1 and shard_kind(out) is not None:
+        raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
+    recover(out)  # what killed runs committed is merged and listed before any engine decides what is done
     if engine == "ray":
         from vfeat.engines.ray_engine import run_ray
 
-        if encoder is not None or devices:
-            raise InputError("--engine ray loads the model in each Ray actor: pass the model by name, and no --devices.")
         return run_ray(sources, out, device=device, address=address, gpus_per_worker=gpus_per_worker, shard_size=shard_size,
                        num_workers=ray_workers, on_start=on_start, on_progress=on_progress, **options)
     if len(device_list) > 1:
         from vfeat.engines.multidevice import run_devices
 
-        if shard_kind(out) is not None:
-            raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
-        summary = run_devices(sources, out, device_list, workers, options, on_start)
-    else:
-        summary = extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
-                                  on_progress=on_progress, **options)
-    if shard_kind(out) is None and fs.exists(fs.join(out, MANIFEST)):  # a store with a manifest shows listed shards only
-        written = [shard_for(out, store_format, rank) for rank in range(len(device_list))]
-        commit_shards(out, [fs.basename(path) for path in written if fs.exists(path)])
-    return summary
+        return run_devices(sources, out, device_list, workers, options, on_start)
+    return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
+                           on_progress=on_progress, **options)
 
 
 def parse_devices(devices: str) -> list[str]:
@@ -146,8 +140,10 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
                     model_config: str | None, device: str, precision: str, dtype: str, batch_size: int,
                     workers: int | None, store_format: str | None, encoder: VideoEncoder | None = None, rank: int = 0,
                     on_start: Callable[[int, int], None] | None = None,
-                    on_progress: Callable[[RunStats, int], None] | None = None, **model_options: Any) -> ExtractSummary:
-    """One model process: encode ``sources`` into this process's shard of ``out``."""
+                    on_progress: Callable[[RunStats, int], None] | None = None,
+                    on_open: Callable[[str], None] | None = None, **model_options: Any) -> ExtractSummary:
+    """One model process: encode ``sources`` into this process's shard of ``out``. ``on_open(shard)`` runs
+    once the shard exists, before any video is committed in it (default: :func:`vfeat.shards.list_shard`)."""
     load_started = time.perf_counter()
     if encoder is None:
         encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
@@ -157,6 +153,10 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     model_load_s = time.perf_counter() - load_started
     started = time.perf_counter()
     with ShardWriter(shard, store_attrs(encoder, plan, dtype)) as writer:
+        if on_open is None:
+            list_shard(out, shard)  # before any commit: a manifest hides the shards it does not list
+        else:
+            on_open(shard)
         done = writer.committed | committed_elsewhere(out, shard)
         todo = [s for s in sources if s.video_id not in done]
         failures: list[Failure] = []

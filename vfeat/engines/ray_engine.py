@@ -28,7 +28,7 @@ from vfeat.extractor import ExtractSummary, store_attrs
 from vfeat.models.factory import load_model
 from vfeat.pipeline import RunStats, check_plan, decode_resize, encode_videos, one_clip_per_video, report
 from vfeat.sampling import SamplingPlan
-from vfeat.shards import committed_elsewhere
+from vfeat.shards import RAY_SHARD_PREFIX, committed_elsewhere
 from vfeat.sources import VideoSource
 from vfeat.store import fs
 from vfeat.store.format import Failure, VideoRecord, shard_kind
@@ -36,7 +36,6 @@ from vfeat.store.reader import MANIFEST
 from vfeat.store.writer import ShardWriter, commit_shards, journal_dir
 from vfeat.workers import CHUNK_FRAMES, decode_job
 
-SHARD_PREFIX = "shard-ray-"
 #: Videos handed to a model actor per call; encode_videos mixes their frames into model batches.
 VIDEOS_PER_CALL = 4
 #: CPUs a model actor reserves. On a GPU it mostly waits for the device; on CPU-only clusters (tests, small
@@ -52,7 +51,7 @@ def shard_name(video_ids: Iterable[str], store_format: str, taken: Collection[st
     key, salt = "\n".join(sorted(video_ids)), 0
     while True:
         digest = hashlib.sha256((key + (f"\n#{salt}" if salt else "")).encode("utf-8")).hexdigest()[:20]
-        name = f"{SHARD_PREFIX}{digest}.{store_format}"
+        name = f"{RAY_SHARD_PREFIX}{digest}.{store_format}"
         if name not in taken:
             return name
         salt += 1
@@ -281,7 +280,7 @@ def _remove_uncommitted(out: str) -> set[str]:
     names = fs.listdir(out)
     listed = set(json.loads(fs.read_text(fs.join(out, MANIFEST))).get("shards", [])) if MANIFEST in names else set()
     for name in names:
-        if name.startswith(SHARD_PREFIX) and name not in listed:
+        if name.startswith(RAY_SHARD_PREFIX) and name not in listed:
             fs.remove(fs.join(out, name))
     return listed
 
