@@ -95,3 +95,50 @@ def test_foreign_zarr_without_offsets_is_not_overwritten(tmp_path, repo_root):
                                  "--out", str(tmp_path / "mine.zarr")])
     assert result.exit_code == 2 and "exists but is not a vfeat store" in result.output
     assert "my_data" in zarr.open_group(str(tmp_path / "mine.zarr"), mode="r")
+
+
+def test_device_shards_join_an_existing_manifest(tmp_path, repo_root):
+    """In a directory with a manifest (a Ray run was there), readers see listed shards only: the parent lists
+    each device's new shard as it is opened, before any video is committed in it."""
+    import json
+
+    folder = tmp_path / "videos"
+    for i in range(3):
+        make_video(folder, f"v{i}.mp4", duration=1.0, fps=10)
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"shards": []}))
+    result = runner.invoke(app, ["extract", str(folder), "--fps", "2", "--no-progress", "--workers", "0", *_tiny(repo_root),
+                                 "--out", str(out), "--devices", "cpu,cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["shards"] == ["shard-00000.zarr", "shard-00001.zarr"]
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == ["v0.mp4", "v1.mp4", "v2.mp4"]
+
+
+def test_journal_of_a_killed_device_run_is_merged_before_resuming(tmp_path, repo_root):
+    """A killed HDF5 run of device 1 left a video in its journal only (HDF5 shards merge on close). The next
+    run, on one device, merges that journal first: the video is skipped, not stored a second time."""
+    from vfeat.store.format import VideoRecord
+    from vfeat.store.writer import ShardWriter
+
+    folder = tmp_path / "videos"
+    for i in range(2):
+        make_video(folder, f"v{i}.mp4", duration=1.0, fps=10)
+    kwargs = dict(model="vfeat-tiny-vit", pretrained="none", model_config=str(repo_root / "tests" / "data" / "vfeat-tiny-vit.json"),
+                  fps=2, workers=0, store_format="h5")
+    vfeat.extract([str(folder / "v0.mp4")], str(tmp_path / "ref.h5"), **kwargs)
+    with vfeat.open_store(str(tmp_path / "ref.h5")) as ref:
+        table, attrs = ref.videos(), ref.attrs
+        info = {k: table[k][0].item() for k in ("fps", "duration_s", "width", "height", "num_frames", "start_time_s", "rotation")}
+        record = VideoRecord("v0.mp4", str(table["path"][0]), info, *ref["v0.mp4"])
+    out = tmp_path / "store"
+    killed = ShardWriter(str(out / "shard-00001.h5"), attrs)
+    killed.add(record)
+    killed.flush()  # a journal part; the kill comes before the merge at close
+
+    summary = vfeat.extract([str(folder / "v0.mp4"), str(folder / "v1.mp4")], str(out), **kwargs)
+    assert (summary.videos_skipped, summary.videos_ok) == (1, 1)
+    assert not (out / "shard-00001.h5.journal").exists()
+    with vfeat.open_store(str(out / "shard-00000.h5")) as mine, vfeat.open_store(str(out / "shard-00001.h5")) as killed_shard:
+        assert (mine.ids, killed_shard.ids) == (["v1.mp4"], ["v0.mp4"])

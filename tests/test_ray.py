@@ -283,6 +283,70 @@ def test_local_engine_shards_join_a_ray_manifest(videos, local_store, tmp_path):
         assert sorted(store.ids) == ["v00.mp4", "v01.mp4"]
 
 
+
+def test_interrupted_local_run_into_a_ray_manifest_hides_nothing(videos, local_store, tmp_path):
+    """Ctrl-C (or a crash) during a local run into a directory with a manifest: the videos it committed are
+    visible at once, because its shard joined the manifest before its first video."""
+    from vfeat.engines.ray_engine import ShardCommitter, plan_shards
+
+    records, attrs = _records(local_store)
+    out = tmp_path / "features"
+    ShardCommitter(str(out), plan_shards(["v00.mp4"], 4, "zarr"), attrs).take(records["v00.mp4"])
+
+    def interrupt(stats, frames):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # after its first video is handed to the writer
+        vfeat.extract([str(videos / f"v0{i}.mp4") for i in range(3)], str(out), fps=FPS, workers=0, on_progress=interrupt, **TINY_KW)
+    assert "shard-00000.zarr" in json.loads((out / "manifest.json").read_text())["shards"]
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == ["v00.mp4", "v01.mp4"]
+
+
+def listed_ids(root: Path) -> list[str]:
+    """Committed ids of every shard the manifest lists, zarr or h5, duplicates kept."""
+    from vfeat.store.backends import open_read
+    from vfeat.store.format import shard_kind
+    from vfeat.store.tree import read_ids
+
+    ids = []
+    for name in json.loads((root / "manifest.json").read_text())["shards"]:
+        with open_read(str(root / name), shard_kind(name)) as tree:
+            ids.extend(read_ids(tree))
+    return ids
+
+
+def test_local_and_ray_runs_into_one_directory_store_each_video_once(cluster, videos, local_store, tmp_path):
+    """A directory is one dataset, whichever engine writes: a Ray run skips what killed local runs committed
+    (an HDF5 shard's journal not yet merged, a local shard missing from the manifest) and shows it to
+    readers, and the next local run finds every video done; no video is stored twice."""
+    from vfeat.store.writer import ShardWriter
+
+    records, attrs = _records(local_store)
+    out = tmp_path / "features"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"shards": []}))  # a Ray run killed before its first commit
+    killed = ShardWriter(str(out / "shard-00000.h5"), attrs)  # a killed local HDF5 run: v00 in its journal only
+    killed.add(records["v00.mp4"])
+    killed.flush()
+    with ShardWriter(str(out / "shard-00001.zarr"), attrs) as writer:  # a local shard left out of the manifest
+        writer.add(records["v01.mp4"])
+    args = [*(str(videos / f"v0{i}.mp4") for i in range(4)), "--fps", str(FPS), *TINY, "--no-progress", "--out", str(out)]
+
+    ray_run = CliRunner().invoke(app, ["extract", *args, "--engine", "ray", "--address", cluster, "--shard-size", "2"])
+    assert ray_run.exit_code == 0, ray_run.output
+    assert "2 stored, 0 failed, 2 already in the store" in ray_run.output
+    assert sorted(listed_ids(out)) == [f"v0{i}.mp4" for i in range(4)]
+    local_run = CliRunner().invoke(app, ["extract", *args, "--format", "h5", "--workers", "0"])
+    assert local_run.exit_code == 0, local_run.output
+    assert "0 stored, 0 failed, 4 already in the store" in local_run.output
+    assert sorted(listed_ids(out)) == [f"v0{i}.mp4" for i in range(4)]
+    with vfeat.open_store(str(out)) as store, vfeat.open_store(str(local_store)) as want:
+        assert sorted(store.ids) == [f"v0{i}.mp4" for i in range(4)]
+        for video_id in store.ids:
+            np.testing.assert_allclose(store[video_id][0].astype(np.float32), want[video_id][0].astype(np.float32), rtol=1e-2, atol=2e-3)
+
+
 # -- the model actor, without a cluster: the local pipeline's records ------------------------------------------
 
 FIXTURES = Path(os.environ.get("VFEAT_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))

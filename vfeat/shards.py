@@ -1,6 +1,12 @@
 """A directory store is one dataset, whichever engine wrote which shard: each model process writes its own
-shard, and a video id is committed in at most one of them. This module knows the shards of a directory;
-the engines only ask it which shard to write and which videos are already committed."""
+shard, a video id is committed in at most one of them, and nothing committed is hidden from readers.
+
+Local shards (``shard-RRRRR.<fmt>``, or any shard not named ``shard-ray-*``) commit video by video through
+their own ``offsets``; Ray shards commit whole, by joining ``manifest.json``. Once a directory has a
+manifest, readers see only the shards it lists, so a local shard joins it as soon as it exists, before its
+first video; and every run first finishes what killed runs left (journals not merged yet, local shards not
+listed), so the videos a run skips are exactly the videos readers see.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ from vfeat.errors import InputError
 from vfeat.store import fs
 from vfeat.store.backends import open_read
 from vfeat.store.format import shard_kind
-from vfeat.store.reader import shard_paths
-from vfeat.store.tree import read_ids
+from vfeat.store.reader import MANIFEST, shard_paths
+from vfeat.store.tree import interrupted_creation, read_ids
+from vfeat.store.writer import ShardWriter, commit_shards, journal_dir
+
+#: Shards the Ray engine names by their videos and commits whole (see vfeat.engines.ray_engine).
+RAY_SHARD_PREFIX = "shard-ray-"
 
 
 def shard_for(out: str, store_format: str | None, rank: int = 0) -> str:
@@ -32,3 +42,34 @@ def committed_elsewhere(out: str, own_shard: str) -> set[str]:
             with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
                 done.update(read_ids(tree))
     return done
+
+
+def list_shard(out: str, shard: str) -> None:
+    """Add a local shard to the manifest of its directory, if there is one, before anything is committed
+    in it: a manifest hides the shards it does not list."""
+    if shard_kind(out) is None and fs.exists(fs.join(out, MANIFEST)):
+        commit_shards(out, [fs.basename(shard)])
+
+
+def recover(out: str) -> None:
+    """Before a run decides what is done: merge the journals killed local runs left (videos committed, but
+    in no shard yet), then list every local shard in the manifest, if there is one. Run by the front door
+    alone, before any model process starts (it writes into other processes' shards)."""
+    if shard_kind(out) is not None or not fs.isdir(out):
+        return
+    names = fs.listdir(out)
+    local = [name for name in names if shard_kind(name) is not None and not name.startswith(RAY_SHARD_PREFIX)]
+    for name in local:
+        path = fs.join(out, name)
+        if fs.basename(journal_dir(path)) in names:
+            _merge_journal(path)
+    if MANIFEST in names:
+        commit_shards(out, local)
+
+
+def _merge_journal(path: str) -> None:
+    with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
+        if interrupted_creation(tree):
+            return  # nothing committed; its own writer creates it afresh
+        attrs = dict(tree.attrs)
+    ShardWriter(path, attrs).close()  # opening replays the journal; closing deletes it

@@ -1,6 +1,7 @@
 """Several model processes on one machine (one per GPU): the videos still to do are dealt round-robin,
 and each process runs the single-device pipeline into its own shard ``shard-<rank>`` of the directory
-store. Shards never share a video, so the directory is one dataset to every reader."""
+store. Shards never share a video, so the directory is one dataset to every reader. Only the parent
+writes ``manifest.json``: a device process that opens its shard waits until the parent has listed it."""
 
 from __future__ import annotations
 
@@ -13,27 +14,33 @@ from vfeat.errors import VfeatError
 from vfeat.sources import VideoSource
 
 
-def _device_main(results: Any, rank: int, sources: list[VideoSource], out: str, device: str, workers: int | None,
-                 options: dict[str, Any], log_level: int) -> None:
+def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource], out: str, device: str,
+                 workers: int | None, options: dict[str, Any], log_level: int) -> None:
     import logging
 
     from vfeat.extractor import extract_sources
 
     logging.getLogger().setLevel(log_level)  # spawned processes start with default logging
 
+    def opened(shard: str) -> None:  # the parent lists the shard; nothing is committed in it before
+        results.put(("opened", rank, shard))
+        while not listed.wait(timeout=1.0):
+            if not mp.parent_process().is_alive():  # type: ignore[union-attr]
+                raise VfeatError(f"device {device}: the parent process is gone")
+
     try:
-        summary = extract_sources(sources, out, device=device, workers=workers, rank=rank, **options)
-        results.put((rank, summary, None))
+        summary = extract_sources(sources, out, device=device, workers=workers, rank=rank, on_open=opened, **options)
+        results.put(("done", rank, summary, None))
     except VfeatError as exc:
-        results.put((rank, None, str(exc)))
+        results.put(("done", rank, None, str(exc)))
     except Exception:  # report, do not hang the parent
-        results.put((rank, None, f"{device}: {traceback.format_exc(limit=3)}"))
+        results.put(("done", rank, None, f"{device}: {traceback.format_exc(limit=3)}"))
 
 
 def run_devices(sources: list[VideoSource], out: str, devices: list[str], workers: int | None, options: dict[str, Any],
                 on_start: Callable[[int, int], None] | None = None):
     from vfeat.extractor import ExtractSummary
-    from vfeat.shards import committed_elsewhere
+    from vfeat.shards import committed_elsewhere, list_shard
 
     done = committed_elsewhere(out, "")
     todo = [s for s in sources if s.video_id not in done]
@@ -45,15 +52,24 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
     per_device = None if workers is None else max(0, workers // len(devices))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
+    listed = [ctx.Event() for _ in devices]
     procs = []
     for rank, device in enumerate(devices):
         part = todo[rank:: len(devices)]
-        proc = ctx.Process(target=_device_main, args=(results, rank, part, out, device, per_device, options, logging.getLogger().level))
+        proc = ctx.Process(target=_device_main, args=(results, listed[rank], rank, part, out, device, per_device, options,
+                                                       logging.getLogger().level))
         proc.start()
         procs.append(proc)
-    summaries, errors = [], []
-    for _ in procs:
-        rank, summary, error = results.get()
+    summaries, errors, running = [], [], len(procs)
+    while running:
+        message = results.get()
+        if message[0] == "opened":
+            _, rank, shard = message
+            list_shard(out, shard)
+            listed[rank].set()
+            continue
+        _, rank, summary, error = message
+        running -= 1
         (errors.append(f"device {devices[rank]}: {error}") if error else summaries.append(summary))
     for proc in procs:
         proc.join()
