@@ -47,16 +47,21 @@ def test_devices_need_a_directory_store(tmp_path, repo_root):
                       model_config=str(repo_root / "tests" / "data" / "vfeat-tiny-vit.json"), fps=1, devices="cpu,cpu")
 
 
-def _half_created_shard(path):
-    """The state a sibling process's shard is in while it is being created: arrays, no attrs, no offsets."""
+def _half_created_shard(path, empty_offsets=False):
+    """The states a sibling process's shard goes through while it is being created: arrays and no offsets,
+    then attributes and an ``offsets`` array that is still empty (its first entry comes next)."""
     import zarr
 
     group = zarr.open_group(str(path), mode="w")
     group.create_array("features", shape=(0, 8), chunks=(4096, 8), dtype="float16")
     group.create_group("videos")
+    if empty_offsets:
+        group.attrs.update({"format": "vfeat-store", "embed_dim": 8})
+        group.create_array("offsets", shape=(0,), chunks=(4096,), dtype="int64")
 
 
-def test_shard_being_created_by_another_process_is_skipped_then_recreated(tmp_path, repo_root):
+@pytest.mark.parametrize("empty_offsets", [False, True], ids=["no-offsets", "empty-offsets"])
+def test_shard_being_created_by_another_process_is_skipped_then_recreated(tmp_path, repo_root, empty_offsets):
     """The race behind a flaky CI run: rank 0 listed rank 1's shard before its ``offsets`` existed and died
     with KeyError. A shard without ``offsets`` holds nothing committed: readers skip it, resume ignores it,
     and the writer whose shard it is creates it anew (a kill during creation leaves the same state)."""
@@ -66,7 +71,7 @@ def test_shard_being_created_by_another_process_is_skipped_then_recreated(tmp_pa
         make_video(folder, f"v{i}.mp4", duration=1.0, fps=10)
     out = tmp_path / "store"
     out.mkdir()
-    _half_created_shard(out / "shard-00001.zarr")
+    _half_created_shard(out / "shard-00001.zarr", empty_offsets)
     args = ["extract", str(folder), "--fps", "2", "--no-progress", "--workers", "0", *_tiny(repo_root), "--out", str(out)]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -75,7 +80,7 @@ def test_shard_being_created_by_another_process_is_skipped_then_recreated(tmp_pa
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0, info.output
     # The half-made shard is rank 1's: a two-device run recreates it and finds both videos already done.
-    _half_created_shard(out / "shard-00000.zarr.tmp-ignored")  # not a shard name: ignored by everyone
+    _half_created_shard(out / "shard-00000.zarr.tmp-ignored", empty_offsets)  # not a shard name: ignored by everyone
     make_video(folder, "v2.mp4", duration=1.0, fps=10)
     make_video(folder, "v3.mp4", duration=1.0, fps=10)
     second = runner.invoke(app, [*args, "--devices", "cpu,cpu"])

@@ -43,8 +43,11 @@ class Store:
         for shard_path in shard_paths(self.path):
             kind = shard_kind(shard_path)
             tree = self._stack.enter_context(open_read(shard_path, kind))  # type: ignore[arg-type]
-            if shard_kind(self.path) is None and interrupted_creation(tree):
-                continue  # another process is creating it: nothing committed there yet
+            if interrupted_creation(tree):
+                if shard_kind(self.path) is None:
+                    continue  # another process is creating it: nothing committed there yet
+                raise StoreError(f"{shard_path}: the shard is being created, or its creation was interrupted "
+                                 "(no video committed; the next vfeat extract into it creates it anew)")
             if not tree.has("offsets"):
                 raise StoreError(f"{shard_path}: not a vfeat store (no 'offsets' array)")
             offsets = tree.read("offsets")

@@ -65,9 +65,14 @@ def _rows(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.asarray(joined).astype(dtype, copy=False)
 
 
+def _has_commit_record(tree: Tree) -> bool:
+    # ``offsets`` is created empty and then set to [0]: until then the shard is still being created
+    return tree.has("offsets") and int(tree.array("offsets").shape[0]) > 0
+
+
 def committed_videos(tree: Tree) -> int:
     """Videos committed so far; 0 for a shard another process is still creating (no ``offsets`` yet)."""
-    if not tree.has("offsets"):
+    if not _has_commit_record(tree):
         return 0
     return int(tree.array("offsets").shape[0]) - 1
 
@@ -105,8 +110,9 @@ _TOP_NAMES |= {"features", "offsets"}
 
 def interrupted_creation(tree: Tree) -> bool:
     """A shard whose creation was cut short (or is still running in another process): nothing but vfeat
-    arrays, no ``offsets`` and no attributes but ours. It holds no committed video and may be created anew."""
-    if tree.has("offsets") or dict(tree.attrs).get("format", FORMAT_NAME) != FORMAT_NAME:
+    arrays, no ``offsets`` (or not yet its first entry) and no attributes but ours. It holds no committed
+    video and may be created anew."""
+    if _has_commit_record(tree) or dict(tree.attrs).get("format", FORMAT_NAME) != FORMAT_NAME:
         return False
     return tree.top_names() <= _TOP_NAMES
 
