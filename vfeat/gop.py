@@ -33,7 +33,7 @@ class SkipPoints:
 
 
 class PacketClassifier:
-    """Looks at one stream's packets (headers and the first NAL unit, no decoding) and collects
+    """Looks at one stream's packets (flags and NAL unit headers, no decoding) and collects
     :class:`SkipPoints`; ``result()`` is ``None`` for codecs we do not know to be safe."""
 
     def __init__(self, stream) -> None:
