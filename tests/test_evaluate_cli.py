@@ -723,8 +723,9 @@ def test_predict_texts(tmp_path, model, moments):
         planted = PLANTED[vid][int(stamp / STEP_MS)]
         if planted != "N":
             assert group["label"].iloc[0] == {"A": TEXT_A, "B": TEXT_B}[planted]
-    for n in range(2):
-        assert_png(tmp_path / f"p_{n:03d}.png")
+    for name in ("p_walk_one.mp4.png", "p_walk_two.mp4.png"):  # one figure per video, named after its id
+        assert_png(tmp_path / name)
+    assert "wrote 2 timeline plot(s)" in result.output
 
 
 def test_predict_task(tmp_path, model):

@@ -3,6 +3,8 @@ the frames that come out are still exactly the frames the ffmpeg CLI decodes fro
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,7 @@ def test_missing_frames_after_skipping_are_decoded_in_full(encoded, monkeypatch,
                 yield stamp, image
 
     monkeypatch.setattr(decode, "_decode", losing_one)
+    caplog.set_level(logging.WARNING, logger="vfeat.decode")  # other tests quiet vfeat's loggers
     stats = DecodeStats()
     out = dict(decode_selected(path, wanted, None, got.skip, stats))
     assert sorted(out) == sorted(int(p) for p in wanted) and stats.fallbacks == 1

@@ -275,7 +275,7 @@ def predict(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Use a classification task's classes and prompts."),
     top: int = typer.Option(1, "--top", help="Labels shown per frame."),
     out_path: Optional[str] = typer.Option(None, "--out", help="Save predictions (.parquet, .csv or .jsonl)."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Timeline heatmap PNG (texts x time), one per video."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Timeline heatmap PNG (texts x time), one per video: NAME_<video id>.png when there are several."),
     limit: int = typer.Option(50, "--limit", help="Rows printed on the terminal (all rows go to --out)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
@@ -310,7 +310,8 @@ def predict(
     if plot:
         from vfeat.evaluate.plots import plot_timelines
 
-        plot_timelines(result["labels"], result["timelines"], plot)
+        written = plot_timelines(result["labels"], result["timelines"], plot)
+        console.print(f"wrote {len(written)} timeline plot(s): {', '.join(written)}", markup=False, highlight=False)
 
 
 @app.command(epilog="""Examples:

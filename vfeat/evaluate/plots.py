@@ -3,6 +3,7 @@ per-video texts x time heatmap of ``predict``. Matplotlib with the Agg backend (
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,18 @@ def plot_result(result: dict[str, Any], path: str) -> None:
 
 
 def plot_timelines(labels: list[str], timelines: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> list[str]:
-    """One heatmap (labels x time, probability) per video; several videos -> ``<stem>_<n>.png``."""
+    """One heatmap (labels x time, probability) per video; several videos -> ``<stem>_<video id>.png`` (the
+    id with anything but letters, digits, '.', '-' and '_' replaced, so a file name says which video)."""
     plt = _plt()
-    written = []
+    written: list[str] = []
     base = Path(path)
-    for n, (video_id, (stamps, probs)) in enumerate(timelines.items()):
-        target = base if len(timelines) == 1 else base.with_name(f"{base.stem}_{n:03d}{base.suffix or '.png'}")
+    for video_id, (stamps, probs) in timelines.items():
+        target = base
+        if len(timelines) > 1:
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id).strip("_") or "video"
+            target = base.with_name(f"{base.stem}_{safe}{base.suffix or '.png'}")
+            if str(target) in written:  # two ids that differ only in replaced characters
+                target = base.with_name(f"{base.stem}_{safe}_{len(written)}{base.suffix or '.png'}")
         fig, ax = plt.subplots(figsize=(8, 1 + 0.35 * len(labels)))
         seconds = np.asarray(stamps) / 1000.0
         extent = (float(seconds[0]), float(seconds[-1]) if len(seconds) > 1 else float(seconds[0]) + 1, len(labels) - 0.5, -0.5)

@@ -1,0 +1,35 @@
+"""The README's "Run" commands, as a new user types them, on sample/: extract -> info -> evaluate ->
+predict -> search. Only the model is swapped for the tiny random one (no downloads here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def _run_block(readme: str) -> str:
+    section = readme.split("## Run", 1)[1]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert match, "README's Run section has no bash block"
+    return match.group(1)
+
+
+@pytest.mark.skipif(shutil.which("vfeat") is None, reason="the vfeat entry point is not installed (pip install -e .)")
+def test_readme_run_section_works_on_sample(tmp_path, repo_root):
+    block = _run_block((repo_root / "README.md").read_text())
+    assert "vfeat extract sample/" in block and "vfeat search" in block
+    tiny = f"--model vfeat-tiny-vit --model-config {repo_root / 'tests' / 'data' / 'vfeat-tiny-vit.json'} --pretrained none"
+    script = block.replace("--model ViT-B/32", tiny).replace("sample/", f"{repo_root / 'sample'}/")
+    assert tiny in script
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (result_json,) = json.loads((tmp_path / "results.json").read_text())
+    assert result_json["counts"]["videos_evaluated"] == 2 and 0 <= result_json["metrics"]["top1"] <= 100
+    for name in ("sample.zarr", "preds.parquet", "timeline_bikes.mp4.png", "timeline_bigbuckbunny.mp4.png"):
+        assert Path(tmp_path / name).exists(), name
+    assert "bikes.mp4" in result.stdout and "bigbuckbunny.mp4" in result.stdout
