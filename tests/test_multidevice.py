@@ -147,3 +147,46 @@ def test_journal_of_a_killed_device_run_is_merged_before_resuming(tmp_path, repo
     assert not (out / "shard-00001.h5.journal").exists()
     with vfeat.open_store(str(out / "shard-00000.h5")) as mine, vfeat.open_store(str(out / "shard-00001.h5")) as killed_shard:
         assert (mine.ids, killed_shard.ids) == (["v1.mp4"], ["v0.mp4"])
+
+
+def _spawned_children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"spawn_main" in cmdline:
+                kids.append(int(child))
+    return kids
+
+
+def test_a_killed_device_process_is_reported_not_waited_for(tmp_path, repo_root):
+    """kill -9 of one device process (as the OOM killer would): the run ends with one line naming the
+    device, and the same command again finishes the store."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(4):
+        make_video(folder, f"v{i}.mp4", duration=1.0, fps=10)
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "vfeat.cli", "extract", str(folder), "--fps", "2", "--no-progress", "--workers", "0",
+           *_tiny(repo_root), "--out", str(out), "--devices", "cpu,cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while len(kids := _spawned_children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert len(kids) >= 2, "device processes never started"
+    os.kill(kids[-1], signal.SIGKILL)
+    output, _ = proc.communicate(timeout=120)  # before the fix: waits forever
+    assert proc.returncode != 0, output
+    assert "its process died (exit code -9)" in output, output
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == [f"v{i}.mp4" for i in range(4)]

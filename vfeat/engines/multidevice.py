@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import queue
 import traceback
 from typing import Any, Callable
 
@@ -60,16 +61,24 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
                                                        logging.getLogger().level))
         proc.start()
         procs.append(proc)
-    summaries, errors, running = [], [], len(procs)
-    while running:
-        message = results.get()
+    summaries, errors, pending = [], [], set(range(len(procs)))
+    while pending:
+        try:
+            message = results.get(timeout=1.0)
+        except queue.Empty:
+            # a device process killed (kill -9, out of memory) sends nothing: notice it instead of waiting forever
+            for rank in [r for r in pending if not procs[r].is_alive() and procs[r].exitcode not in (0, None)]:
+                pending.discard(rank)
+                errors.append(f"device {devices[rank]}: its process died (exit code {procs[rank].exitcode}); the videos it "
+                              "committed are kept, run the same command again to finish the rest")
+            continue
         if message[0] == "opened":
             _, rank, shard = message
             list_shard(out, shard)
             listed[rank].set()
             continue
         _, rank, summary, error = message
-        running -= 1
+        pending.discard(rank)
         (errors.append(f"device {devices[rank]}: {error}") if error else summaries.append(summary))
     for proc in procs:
         proc.join()
