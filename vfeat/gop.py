@@ -134,7 +134,6 @@ class GopSkipper:
         self.first_unfinished = 0
         self._advance()
         self.current_gop = 0
-        self.skipped = 0
 
     def _gop_of(self, pts: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.restart_pts, pts, side="right")
@@ -147,10 +146,8 @@ class GopSkipper:
         """Whether the packet with this pts (in decode order) goes to the decoder."""
         if pts in self.restart:
             self.current_gop = int(self._gop_of(np.asarray([pts]))[0])
-        if self.first_unfinished > self.current_gop or (pts in self.disposable and pts not in self.wanted):
-            self.skipped += 1
-            return False
-        return True
+        gop_done = self.first_unfinished > self.current_gop  # this GOP and every earlier one owe nothing
+        return not gop_done and not (pts in self.disposable and pts not in self.wanted)
 
     def came_out(self, pts: int) -> None:
         """A wanted frame left the decoder (call once per wanted pts)."""
