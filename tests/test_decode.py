@@ -289,3 +289,24 @@ def test_truncated_stream_formats_keep_their_readable_frames(tmp_path, probe_ora
     np.testing.assert_allclose(got.timestamps_s, [float(s) for s in oracle.seconds], rtol=0, atol=1e-9)
     ours = np.stack([image for _, image in decode_selected(str(cut), got.pts, None)])
     assert np.array_equal(ours, ffmpeg_frames(cut))
+
+
+# -- a stream cut between keyframes --------------------------------------------------------------------
+
+@pytest.mark.parametrize("bframes", [0, 2])
+def test_stream_cut_mid_gop_starts_at_its_first_decodable_frame(tmp_path, probe_oracle, ffmpeg_frames, bframes):
+    """A recording or TS segment that starts between keyframes: the packets before the first keyframe refer
+    to frames that are not in the file. ffmpeg shows the video from its first decodable frame; so must we
+    (before: those packets counted as frames, the first timestamp was theirs, and decoding failed)."""
+    whole = make_video(tmp_path, "whole.ts", 8.0, 25, (96, 64), "libx264", "yuv420p", "-g", "50", "-bf", str(bframes),
+                       "-f", "mpegts")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[(len(data) // 3) // 188 * 188:])  # on a TS packet boundary, inside the second GOP
+    oracle = probe_oracle(cut)
+    got = probe(str(cut))
+    assert got.info.num_frames == oracle.count < 200
+    np.testing.assert_allclose(got.timestamps_s, [float(s) for s in oracle.seconds], rtol=0, atol=1e-9)
+    assert got.info.start_time_s == pytest.approx(float(oracle.start_s))
+    frames = dict(decode_selected(str(cut), got.pts, None, got.skip))
+    assert np.array_equal(np.stack([frames[int(p)] for p in got.pts]), ffmpeg_frames(cut))

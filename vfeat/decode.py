@@ -72,6 +72,9 @@ _SWS_METHOD = {"FAST_BILINEAR": 1, "BILINEAR": 2, "BICUBIC": 4, "POINT": 16, "AR
 def _open(path: str):
     import av
 
+    # libav's own messages ("non-existing PPS", ...) off: torchvision turns them on at import, and every
+    # problem reaches the user as one DecodeError line naming the file instead
+    av.logging.set_level(None)
     try:
         if "://" in path and not path.startswith(("http://", "https://", "rtsp://", "file://")):
             from vfeat.store.fs import open_binary
@@ -127,6 +130,8 @@ def probe(path: str) -> Probe:
         pts_list: list[int] = []
         max_pts, last_duration = None, 0
         rotation: int | None = None
+        first_shown: int | None = None  # pts of the first picture the decoder outputs
+        starts_with_key: bool | None = None
         classifier = PacketClassifier(stream)
         try:
             for packet in container.demux(stream):
@@ -135,8 +140,10 @@ def probe(path: str) -> Probe:
                 stamp = packet.pts if packet.pts is not None else packet.dts
                 if stamp is None:
                     continue
+                if starts_with_key is None:
+                    starts_with_key = bool(packet.is_keyframe)
                 if rotation is None:
-                    rotation = _first_frame_rotation(packet, path)
+                    rotation, first_shown = _first_picture(packet, path)
                 pts_list.append(int(stamp))
                 classifier.add(packet, int(stamp))
                 if max_pts is None or stamp > max_pts:
@@ -147,6 +154,10 @@ def probe(path: str) -> Probe:
         if not pts_list:
             raise DecodeError(f"{path}: video stream has no frames (empty or truncated)")
         pts = np.unique(np.asarray(pts_list, dtype=np.int64))
+        if not starts_with_key and first_shown is not None and (pts >= first_shown).any():
+            # a stream cut mid-GOP (a recording or segment that starts between keyframes): what comes before
+            # its first decodable picture refers to frames that are not in the file, and no player shows it
+            pts = pts[pts >= first_shown]
         info = _info(path, container, stream, pts, last_duration, rotation or 0)
     finally:
         container.close()
@@ -188,17 +199,17 @@ def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rot
     )
 
 
-def _first_frame_rotation(packet, path: str) -> int | None:
-    """Decode packets until the first picture comes out, to read its display rotation (PyAV exposes the
-    display matrix on frames) and to prove early that the codec can be decoded at all."""
+def _first_picture(packet, path: str) -> tuple[int | None, int | None]:
+    """Decode packets until the first picture comes out: its display rotation (PyAV exposes the display
+    matrix on frames) and its pts; this also proves early that the codec can be decoded at all."""
     import av
 
     try:
         for frame in packet.decode():
-            return int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+            return int(round((frame.rotation or 0) / 90.0)) * 90 % 360, frame.pts
     except av.error.FFmpegError as exc:
         raise DecodeError(f"{path}: undecodable video ({exc.strerror or exc})") from None
-    return None
+    return None, None
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
