@@ -310,3 +310,19 @@ def test_stream_cut_mid_gop_starts_at_its_first_decodable_frame(tmp_path, probe_
     assert got.info.start_time_s == pytest.approx(float(oracle.start_s))
     frames = dict(decode_selected(str(cut), got.pts, None, got.skip))
     assert np.array_equal(np.stack([frames[int(p)] for p in got.pts]), ffmpeg_frames(cut))
+
+
+def test_mp4_edit_list_starting_between_keyframes(tmp_path, probe_oracle, ffmpeg_frames):
+    """``ffmpeg -ss 1.3 -c copy`` keeps the GOP from the keyframe before 1.3 s and hides its head with an edit
+    list: the hidden packets are still decoded (they are references) but shown by nobody."""
+    source = make_video(tmp_path, "source.mp4", 6.0, 25, (96, 64), "libx264", "yuv420p", "-g", "50", "-bf", "2")
+    edited = tmp_path / "edited.mp4"
+    run_ffmpeg(["-ss", "1.3", "-i", source, "-c", "copy", edited])
+    oracle = probe_oracle(edited)
+    got = probe(str(edited))
+    assert got.info.num_frames == oracle.count < 150
+    np.testing.assert_allclose(got.timestamps_s, [float(s) for s in oracle.seconds], rtol=0, atol=1e-9)
+    selection = select_frames(SamplingPlan(fps=1.0), got.timestamps_s, got.info.duration_s)
+    indices = np.unique(selection.frame_indices)
+    frames = dict(decode_selected(str(edited), got.pts[indices], None, got.skip))
+    assert np.array_equal(np.stack([frames[int(got.pts[i])] for i in indices]), ffmpeg_frames(edited, indices.tolist()))

@@ -135,15 +135,15 @@ def probe(path: str) -> Probe:
         classifier = PacketClassifier(stream)
         try:
             for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:
-                    continue  # flush packet, or a frame an edit list hides
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is None:
-                    continue
+                if packet.size == 0:
+                    continue  # flush packet
                 if starts_with_key is None:
                     starts_with_key = bool(packet.is_keyframe)
-                if rotation is None:
+                if rotation is None:  # hidden frames too: the decoder needs them as references
                     rotation, first_shown = _first_picture(packet, path)
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if packet.is_discard or stamp is None:
+                    continue  # a frame an edit list hides
                 pts_list.append(int(stamp))
                 classifier.add(packet, int(stamp))
                 if max_pts is None or stamp > max_pts:
