@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,17 @@ def test_readme_run_section_works_on_sample(tmp_path, repo_root):
     for name in ("sample.zarr", "preds.parquet", "timeline_bikes.mp4.png", "timeline_bigbuckbunny.mp4.png"):
         assert Path(tmp_path / name).exists(), name
     assert "bikes.mp4" in result.stdout and "bigbuckbunny.mp4" in result.stdout
+
+
+def test_python_api_from_stdin_says_how_to_run_it(tmp_path, repo_root):
+    """README's Python block pasted into `python -`: spawned decode workers cannot import '<stdin>'; the
+    error says what to do instead of only "workers exited"."""
+    code = (f"import vfeat\nvfeat.extract([{str(repo_root / 'sample' / 'bikes.mp4')!r}], 's.zarr', model='vfeat-tiny-vit', "
+            f"pretrained='none', model_config={str(repo_root / 'tests' / 'data' / 'vfeat-tiny-vit.json')!r}, fps=1)\n")
+    result = subprocess.run([sys.executable, "-"], input=code, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "if __name__ == \"__main__\":" in result.stderr and "workers=0" in result.stderr
+    guarded = "if __name__ == '__main__':\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    (tmp_path / "script.py").write_text(guarded)
+    ok = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]

@@ -275,7 +275,7 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
                 message = results.get(timeout=1.0)
             except queue.Empty:
                 if not any(p.is_alive() for p in procs):
-                    raise RuntimeError("all decode workers exited unexpectedly") from None
+                    raise RuntimeError(_workers_died([p.exitcode for p in procs])) from None
                 continue
             finally:
                 stats.decode_wait_s += time.perf_counter() - start
@@ -288,6 +288,17 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
             if proc.is_alive():
                 proc.terminate()
             proc.join(timeout=5)
+
+
+def _workers_died(exit_codes: list[int | None]) -> str:
+    """Why no decode worker is left. The usual cause is Python's spawn start method: each worker re-imports
+    the caller's main module, which fails for code read from stdin and re-runs unguarded scripts."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    hint = ("decode workers are spawned processes that import your main module: put the vfeat calls of a script "
+            "under `if __name__ == \"__main__\":`, run it from a file (not stdin), or pass workers=0 (--workers 0)")
+    if main and not os.path.isfile(main):
+        hint = f"the main module {main!r} is not a file the decode workers can import: " + hint
+    return f"all decode workers exited unexpectedly (exit codes {exit_codes}); {hint}"
 
 
 def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, commit: Callable[[VideoRecord], None],
