@@ -326,3 +326,17 @@ def test_mp4_edit_list_starting_between_keyframes(tmp_path, probe_oracle, ffmpeg
     indices = np.unique(selection.frame_indices)
     frames = dict(decode_selected(str(edited), got.pts[indices], None, got.skip))
     assert np.array_equal(np.stack([frames[int(got.pts[i])] for i in indices]), ffmpeg_frames(edited, indices.tolist()))
+
+
+def test_cover_art_stream_is_not_the_video():
+    """A still image stored as a video stream (disposition attached_pic: cover art) listed before the picture."""
+    from types import SimpleNamespace
+
+    from vfeat.decode import _video_stream
+
+    cover = SimpleNamespace(disposition=1024, codec_context=SimpleNamespace(name="mjpeg"))
+    picture = SimpleNamespace(disposition=1, codec_context=SimpleNamespace(name="h264"))
+    container = SimpleNamespace(streams=SimpleNamespace(video=[cover, picture]))
+    assert _video_stream(container, "x.mkv") is picture
+    only_cover = SimpleNamespace(streams=SimpleNamespace(video=[cover]))
+    assert _video_stream(only_cover, "x.mkv") is cover  # a file that is only a still image still decodes

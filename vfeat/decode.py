@@ -107,12 +107,17 @@ def _unreadable_reason(path: str) -> str:
     return "not a video file (no container format recognised)"
 
 
+_ATTACHED_PIC = 1024  # AV_DISPOSITION_ATTACHED_PIC
+
+
 def _video_stream(container, path: str):
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
         raise DecodeError(f"{path}: no video stream ({what})")
-    stream = container.streams.video[0]
+    # the picture, not cover art: a still image stored as a video stream (disposition attached_pic) is skipped
+    moving = [s for s in container.streams.video if not int(s.disposition) & _ATTACHED_PIC]
+    stream = (moving or list(container.streams.video))[0]
     if stream.codec_context is None or not stream.codec_context.name:
         raise DecodeError(f"{path}: unsupported video codec")
     return stream
