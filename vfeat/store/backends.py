@@ -38,8 +38,10 @@ class ZarrTree:
     def top_names(self) -> set[str]:
         return set(self.group.keys())
 
-    def create(self, name: str, dtype: str, width: int | None = None) -> Any:
-        shape = (0, width) if width else (0,)
+    def create(self, name: str, dtype: str, width: int | None = None, length: int = 0) -> Any:
+        # ``length`` rows exist from the start, reading as the fill value (0) until written: a new ``offsets``
+        # is [0] to every reader at once, never an empty array
+        shape = (length, width) if width else (length,)
         chunks = (ROW_CHUNK, width) if width else (ROW_CHUNK * 4,)
         return self.group.create_array(name, shape=shape, dtype=str if dtype == "str" else dtype, chunks=chunks)
 
@@ -76,10 +78,10 @@ class H5Tree:
     def top_names(self) -> set[str]:
         return set(self.handle.keys())
 
-    def create(self, name: str, dtype: str, width: int | None = None) -> Any:
+    def create(self, name: str, dtype: str, width: int | None = None, length: int = 0) -> Any:
         import h5py
 
-        shape = (0, width) if width else (0,)
+        shape = (length, width) if width else (length,)
         maxshape = (None, width) if width else (None,)
         chunks = (min(ROW_CHUNK, 1024), width) if width else (ROW_CHUNK,)
         kind = h5py.string_dtype("utf-8") if dtype == "str" else dtype

@@ -20,7 +20,7 @@ class Tree(Protocol):
 
     def has(self, name: str) -> bool: ...
     def array(self, name: str) -> Any: ...
-    def create(self, name: str, dtype: str, width: int | None = None) -> Any: ...
+    def create(self, name: str, dtype: str, width: int | None = None, length: int = 0) -> Any: ...
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
     def top_names(self) -> set[str]: ...
 
@@ -37,11 +37,11 @@ def initialise(tree: Tree, attrs: dict[str, Any]) -> None:
         tree.create("clips/features", dtype, dim)
         for name, kind in CLIP_ARRAYS.items():
             tree.create(name, kind)
-        _set(tree.create("clips/offsets", "int64"), np.zeros(1, np.int64))
+        _set(tree.create("clips/offsets", "int64", length=1), np.zeros(1, np.int64))
     for name, kind in {**VIDEO_ARRAYS, **FAILURE_ARRAYS}.items():
         tree.create(name, kind)
     tree.attrs.update(attrs)
-    _set(tree.create("offsets", "int64"), np.zeros(1, np.int64))  # last: the shard exists from here on
+    _set(tree.create("offsets", "int64", length=1), np.zeros(1, np.int64))  # last: the shard exists from here on
 
 
 def _set(array: Any, values: np.ndarray) -> None:
