@@ -41,7 +41,6 @@ class _Video:
     clip_rows: list[list[int]]
     frame_features: np.ndarray | None = None  # [rows, D], in the storage dtype (a long video's rows add up)
     clip_features: np.ndarray | None = None  # [clips, D], in the storage dtype
-    rows_seen: int = 0
     rows_encoded: int = 0
     clips_encoded: int = 0
     decoded: bool = False
@@ -220,7 +219,6 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
             elif kind == "frames":
                 _, _, rows, pixels = message
                 video = videos[job]
-                video.rows_seen += sum(len(r) for r in rows)
                 if encoder.frame_level:
                     batch.add(video, rows, pixels)
                 else:

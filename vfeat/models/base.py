@@ -108,12 +108,10 @@ class VideoEncoder(nn.Module):
     def drop_text_tower(self) -> None:
         """Extraction never embeds text: free the text tower (about 40% of a ViT-B CLIP's weights, RAM or
         GPU memory that the batches can use). Evaluation loads its own model with both towers."""
-        for owner_name in ("model", "clipmodel"):
-            owner = getattr(self, owner_name, None)
-            if isinstance(owner, nn.Module):
-                for name in self.TEXT_PARTS:
-                    if name in owner._modules or name in owner._parameters or name in owner._buffers:
-                        setattr(owner, name, None)
+        for owner in self.children():  # the wrapped model (open_clip's CLIP, ClipVipModel, OpenVClipModel)
+            for name in self.TEXT_PARTS:
+                if name in owner._modules or name in owner._parameters or name in owner._buffers:
+                    setattr(owner, name, None)
         self.text_dropped = True
 
     def encode_text(self, texts: Sequence[str] | torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:

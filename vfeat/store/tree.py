@@ -66,7 +66,8 @@ def _rows(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
 
 
 def _has_commit_record(tree: Tree) -> bool:
-    # ``offsets`` is created empty and then set to [0]: until then the shard is still being created
+    # vfeat creates ``offsets`` holding [0]; an absent or empty one (another writer, or an older vfeat that
+    # created it empty first) means the shard is still being created
     return tree.has("offsets") and int(tree.array("offsets").shape[0]) > 0
 
 

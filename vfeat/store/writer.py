@@ -74,10 +74,11 @@ class ShardWriter:
         create = not fs.exists(self.path)
         if not create:
             with open_read(self.path, kind) as tree:
-                create = interrupted_creation(tree)
-                if not create and not tree.has("offsets"):
+                if interrupted_creation(tree):
+                    create = True
+                elif not tree.has("offsets"):
                     raise StoreError(f"{self.path}: exists but is not a vfeat store")
-                if not create:
+                else:
                     check_compatible(self.path, tree.attrs, attrs)
         if create:
             with transaction(self.path, kind, create=True) as tree:
