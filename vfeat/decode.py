@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+from array import array
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
 
 from vfeat.errors import DecodeError
-from vfeat.gop import GopSkipper, PacketClassifier, SkipPoints
+from vfeat.gop import GopSkipper, PacketClassifier, PtsSet, SkipPoints
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def probe(path: str) -> Probe:
     try:
         stream = _video_stream(container, path)
         time_base = stream.time_base
-        pts_list: list[int] = []
+        pts_list = array("q")  # 8 bytes a packet: a 2-hour video has some 200,000
         max_pts, last_duration = None, 0
         rotation: int | None = None
         first_shown: int | None = None  # pts of the first picture the decoder outputs
@@ -247,11 +248,11 @@ def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None, sk
     the missing ones are decoded again from the start without skipping.
     """
     stats = stats if stats is not None else DecodeStats()
-    wanted = set(int(p) for p in wanted_pts)
+    wanted = PtsSet(wanted_pts)
     total = len(wanted)
     if skip is not None and skipping_enabled():
         try:
-            for stamp, image in _decode(path, wanted, resize, total, skip, stats):
+            for stamp, image in _decode(path, wanted.members(), resize, total, skip, stats):
                 wanted.discard(stamp)
                 yield stamp, image
         except DecodeError as exc:
@@ -260,15 +261,15 @@ def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None, sk
             return
         stats.fallbacks += 1
         log.warning("%s: %d frame(s) missing after skipping packets; decoding them again in full", path, len(wanted))
-    yield from _decode(path, wanted, resize, total, None, stats)
+    yield from _decode(path, wanted.members(), resize, total, None, stats)
 
 
-def _decode(path: str, wanted: set[int], resize: Resize | None, total: int, skip: SkipPoints | None,
+def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, skip: SkipPoints | None,
             stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
-    pending = set(wanted)
-    skipper = GopSkipper(skip, np.fromiter(pending, np.int64)) if skip is not None else None
+    pending = PtsSet(wanted)
+    skipper = GopSkipper(skip, wanted) if skip is not None else None
     container = _open(path)
     try:
         stream = _video_stream(container, path)

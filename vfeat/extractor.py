@@ -168,7 +168,7 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
         if on_start:
             on_start(len(todo), len(sources) - len(todo))
         stats = run(todo, encoder, plan, writer.add, fail, batch_size=batch_size, workers=workers,
-                    storage_dtype=dtype, on_progress=on_progress)
+                    storage_dtype=dtype, on_progress=on_progress, spool_dir=writer.spool_dir)
     return ExtractSummary(
         out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,

@@ -28,6 +28,7 @@ from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
 from vfeat.store.format import Failure, VideoRecord
+from vfeat.store.spool import RowBuffer
 from vfeat.workers import decode_job, worker_main
 
 
@@ -39,7 +40,7 @@ class _Video:
     info: dict[str, Any]
     timestamps_ms: np.ndarray
     clip_rows: list[list[int]]
-    frame_features: np.ndarray | None = None  # [rows, D], in the storage dtype (a long video's rows add up)
+    frame_features: RowBuffer | None = None  # [rows, D] in the storage dtype, spooled to disk when large
     clip_features: np.ndarray | None = None  # [clips, D], in the storage dtype
     rows_encoded: int = 0
     clips_encoded: int = 0
@@ -138,20 +139,26 @@ class Batcher:
 
 def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.dtype) -> VideoRecord:
     ts = video.timestamps_ms
+    with_clips = bool(video.clip_rows) and (plan.mode == "clips" or not encoder.frame_level)
+    if with_clips and video.clip_features is None:  # frame-level model: a clip is the mean of its frames
+        video.clip_features = np.stack([video.frame_features[rows].astype(np.float32).mean(axis=0) for rows in video.clip_rows])  # type: ignore[index]
     record = VideoRecord(
         video_id=video.source.video_id,
         path=video.source.path,
         info={k: video.info[k] for k in ("fps", "duration_s", "width", "height", "num_frames", "start_time_s", "rotation")},
-        features=None if video.frame_features is None else video.frame_features.astype(dtype, copy=False),
+        features=None if video.frame_features is None else video.frame_features.finish(),
         timestamps_ms=ts,
     )
-    if video.clip_rows and (plan.mode == "clips" or not encoder.frame_level):
-        if video.clip_features is None:  # frame-level model: a clip is the mean of its frames
-            video.clip_features = np.stack([video.frame_features[rows].astype(np.float32).mean(axis=0) for rows in video.clip_rows])  # type: ignore[index]
-        record.clip_features = video.clip_features.astype(dtype, copy=False)
+    if with_clips:
+        record.clip_features = video.clip_features.astype(dtype, copy=False)  # type: ignore[union-attr]
         record.clip_start_ms = np.array([ts[rows[0]] for rows in video.clip_rows], dtype=np.float64)
         record.clip_end_ms = np.array([ts[rows[-1]] for rows in video.clip_rows], dtype=np.float64)
     return record
+
+
+def _discard(video: _Video | None) -> None:
+    if video is not None and video.frame_features is not None:
+        video.frame_features.discard()
 
 
 def _push_ready_clips(video: _Video, batch: Batcher) -> None:
@@ -193,10 +200,15 @@ def _swscale_name(interpolation: str) -> str:
 # -- decoded videos -> model -> records ---------------------------------------------------------------------
 
 def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, *,
-                  batch_size: int = 64, storage_dtype: str = "float16", stats: RunStats | None = None) -> Iterator[VideoRecord | Failure]:
+                  batch_size: int = 64, storage_dtype: str = "float16", stats: RunStats | None = None,
+                  spool_dir: str | None = None) -> Iterator[VideoRecord | Failure]:
     """Decode messages (the protocol of :mod:`vfeat.workers`; ``job`` indexes ``sources``) in, each video's
     :class:`VideoRecord` (or :class:`Failure`) out as soon as all its rows are encoded. Model batches mix
-    frames (or clips) of every video in flight. ``stats.model_s`` gets the time spent in the model."""
+    frames (or clips) of every video in flight. ``stats.model_s`` gets the time spent in the model.
+
+    ``spool_dir``: where a long video's rows go once they outgrow memory (:mod:`vfeat.store.spool`); its
+    record then names a file there. ``None`` keeps every video in memory (records that travel to another
+    machine)."""
     batch = Batcher(encoder, batch_size, encoder.device, getattr(encoder, "compute_dtype", torch.float32))
     store_dtype = np.dtype(storage_dtype)
     videos: dict[int, _Video] = {}
@@ -212,7 +224,7 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
                 _, _, info, timestamps_ms, clip_rows = message
                 video = _Video(sources[job], info, timestamps_ms, clip_rows)
                 if encoder.frame_outputs:
-                    video.frame_features = np.zeros((len(timestamps_ms), encoder.embed_dim), store_dtype)
+                    video.frame_features = RowBuffer(len(timestamps_ms), encoder.embed_dim, store_dtype, spool_dir)
                 if clip_rows and not encoder.frame_level:
                     video.clip_features = np.zeros((len(clip_rows), encoder.embed_dim), store_dtype)
                 videos[job] = video
@@ -232,11 +244,13 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
                     _push_ready_clips(videos[job], batch)
                 yield from finished()
             elif kind == "error":
-                videos.pop(job, None)
+                _discard(videos.pop(job, None))
                 yield Failure(sources[job].video_id, sources[job].path, message[2])
         batch.run()
         yield from finished()
     finally:
+        for video in videos.values():  # cut short: what was spooled for unfinished videos is garbage
+            _discard(video)
         if stats is not None:
             stats.model_s += batch.seconds
 
@@ -301,8 +315,9 @@ def _workers_died(exit_codes: list[int | None]) -> str:
 
 def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, commit: Callable[[VideoRecord], None],
         fail: Callable[[Failure], None], batch_size: int = 64, workers: int | None = None, storage_dtype: str = "float16",
-        on_progress: Callable[[RunStats, int], None] | None = None) -> RunStats:
-    """Encode ``sources`` and hand each finished video to ``commit`` (failures to ``fail``)."""
+        on_progress: Callable[[RunStats, int], None] | None = None, spool_dir: str | None = None) -> RunStats:
+    """Encode ``sources`` and hand each finished video to ``commit`` (failures to ``fail``); long videos'
+    rows are spooled under ``spool_dir`` (see :func:`encode_videos`)."""
     stats = RunStats()
     if not sources:
         return stats
@@ -312,7 +327,8 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
     messages: Iterable[tuple] = (
         _messages_inline(jobs, plan, resize, one_clip) if workers == 0 else _messages_from_workers(jobs, plan, resize, one_clip, workers, stats)
     )
-    for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype, stats=stats):
+    for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype, stats=stats,
+                                spool_dir=spool_dir):
         if isinstance(result, Failure):
             fail(result)
         else:

@@ -10,7 +10,6 @@ Messages (tuples, cheap to pickle):
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Iterator
 
 import numpy as np
@@ -22,20 +21,31 @@ from vfeat.sampling import SamplingPlan, select_frames
 CHUNK_FRAMES = 16
 
 
+class RowsOfFrame:
+    """Which store rows show each wanted frame (several when targets repeat a frame), as two arrays rather
+    than a dict of lists: in "all frames" mode a 2-hour video has a row per frame."""
+
+    def __init__(self, row_pts: np.ndarray) -> None:
+        self.order = np.argsort(row_pts, kind="stable")  # rows grouped by pts, in row order within a group
+        self.wanted, self.first = np.unique(row_pts[self.order], return_index=True)
+        self.end = np.append(self.first[1:], len(row_pts))
+
+    def __getitem__(self, pts: int) -> list[int]:
+        i = int(np.searchsorted(self.wanted, pts))
+        return self.order[self.first[i] : self.end[i]].tolist()
+
+
 def decode_job(job: int, path: str, plan: SamplingPlan, resize: Resize, one_clip: bool) -> Iterator[tuple[Any, ...]]:
     """Yield the messages for one video; any failure becomes an ``error`` message naming the file."""
     try:
         probed = probe(path)
         selection = select_frames(plan, probed.timestamps_s, probed.info.duration_s, one_clip=one_clip)
-        rows_of: dict[int, list[int]] = defaultdict(list)
-        for row, frame_index in enumerate(selection.frame_indices):
-            rows_of[int(probed.pts[frame_index])].append(row)
+        rows_of = RowsOfFrame(probed.pts[selection.frame_indices])
         timestamps_ms = probed.timestamps_s[selection.frame_indices] * 1000.0
         yield ("video", job, probed.info.as_dict(), timestamps_ms, selection.clip_rows)
-        wanted = np.array(sorted(rows_of), dtype=np.int64)
         rows: list[list[int]] = []
         pixels: list[np.ndarray] = []
-        for pts, image in decode_selected(path, wanted, resize, probed.skip):
+        for pts, image in decode_selected(path, rows_of.wanted, resize, probed.skip):
             rows.append(rows_of[pts])
             pixels.append(image)
             if len(pixels) >= CHUNK_FRAMES:

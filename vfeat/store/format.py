@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from vfeat.store.spool import SpooledRows
+
 FORMAT_NAME = "vfeat-store"
 FORMAT_VERSION = 1
 
@@ -45,7 +47,7 @@ class VideoRecord:
     video_id: str
     path: str
     info: dict[str, Any]  # fps, duration_s, width, height, num_frames, start_time_s, rotation
-    features: np.ndarray | None  # [rows, D] per-frame embeddings, or None (clip-only models)
+    features: np.ndarray | SpooledRows | None  # [rows, D] per-frame embeddings (a long video's in a spool file), or None (clip-only models)
     timestamps_ms: np.ndarray  # [rows] presentation time of each stored frame, from the first frame
     clip_features: np.ndarray | None = None  # [clips, D]
     clip_start_ms: np.ndarray | None = None

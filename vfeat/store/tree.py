@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vfeat.store.format import FORMAT_NAME, CLIP_ARRAYS, FAILURE_ARRAYS, FRAME_ARRAYS, VIDEO_ARRAYS, Batch, Failure
+from vfeat.store.spool import SpooledRows, row_blocks
 
 
 class Tree(Protocol):
@@ -58,11 +59,13 @@ def _extend(array: Any, values: np.ndarray, start: int) -> None:
         array[start:stop] = values
 
 
-def _rows(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-    """The rows of several videos as one array, without copying a single video that is already in ``dtype``
-    (a 2-hour video's rows are the largest thing a run holds)."""
-    joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return np.asarray(joined).astype(dtype, copy=False)
+def _extend_rows(array: Any, parts: list[np.ndarray | SpooledRows], start: int) -> None:
+    """Write the rows of several videos from ``start``, a bounded block at a time: short videos are joined
+    into one write, a long (spooled) video is copied from its file without ever being whole in memory."""
+    width = tuple(array.shape[1:])
+    for block in row_blocks(parts, array.dtype):
+        _extend(array, block.reshape((-1,) + width), start)
+        start += len(block)
 
 
 def _has_commit_record(tree: Tree) -> bool:
@@ -134,19 +137,17 @@ def append(tree: Tree, batch: Batch) -> int:
         if tree.has("features"):
             lengths = [len(v.timestamps_ms) for v in videos]
             start = int(offsets[-1])
-            dim = tree.array("features").shape[1]
-            _extend(tree.array("features"), _rows([v.features for v in videos], tree.array("features").dtype).reshape(-1, dim), start)
-            _extend(tree.array("timestamps_ms"), _rows([v.timestamps_ms for v in videos], np.float64), start)
+            _extend_rows(tree.array("features"), [v.features for v in videos], start)  # type: ignore[misc]
+            _extend_rows(tree.array("timestamps_ms"), [v.timestamps_ms for v in videos], start)
             new_offsets = start + np.cumsum(lengths, dtype=np.int64)
         else:
             new_offsets = np.zeros(len(videos), np.int64)
         if tree.has("clips/offsets"):
             clip_offsets = tree.read("clips/offsets")
             clip_start = int(clip_offsets[-1])
-            dim = tree.array("clips/features").shape[1]
-            _extend(tree.array("clips/features"), _rows([v.clip_features for v in videos], tree.array("clips/features").dtype).reshape(-1, dim), clip_start)
-            _extend(tree.array("clips/start_ms"), _rows([v.clip_start_ms for v in videos], np.float64), clip_start)
-            _extend(tree.array("clips/end_ms"), _rows([v.clip_end_ms for v in videos], np.float64), clip_start)
+            _extend_rows(tree.array("clips/features"), [v.clip_features for v in videos], clip_start)  # type: ignore[misc]
+            _extend_rows(tree.array("clips/start_ms"), [v.clip_start_ms for v in videos], clip_start)  # type: ignore[misc]
+            _extend_rows(tree.array("clips/end_ms"), [v.clip_end_ms for v in videos], clip_start)  # type: ignore[misc]
             counts = [len(v.clip_features) for v in videos]
             _extend(tree.array("clips/offsets"), clip_start + np.cumsum(counts, dtype=np.int64), n + 1)
         for name, kind in VIDEO_ARRAYS.items():

@@ -6,6 +6,10 @@ atomically), then merged into the shard. Zarr shards merge after every flush; HD
 writer closes (each HDF5 merge rewrites the file, see :mod:`vfeat.store.backends`). Opening a shard first
 replays any parts a crashed run left behind; replay skips ids already in the shard, so a crash between a
 merge and the part's deletion is harmless. The part's deletion is the last step of a commit.
+
+A long video's rows are not in its part but in a spool file beside it (``rows-*.bin``, see
+:mod:`vfeat.store.spool`), deleted after the part; spool files no part names are garbage of a killed run.
+Parts are merged one at a time, so memory holds one part's rows, however many parts an HDF5 run leaves.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
+import tempfile
 import time
 import uuid
 from typing import Any, Iterable
@@ -22,6 +28,7 @@ from vfeat.store import fs
 from vfeat.store.backends import open_read, transaction
 from vfeat.store.format import IDENTITY_ATTRS, Batch, Failure, VideoRecord, shard_kind
 from vfeat.store.reader import MANIFEST
+from vfeat.store.spool import SPOOL_PREFIX, SpooledRows
 from vfeat.store.tree import append, initialise, interrupted_creation, read_ids
 
 JOURNAL_SUFFIX = ".journal"
@@ -85,10 +92,19 @@ class ShardWriter:
                 initialise(tree, attrs)
         self._remove_leftovers()
         self._merge_parts(self._list_parts())
+        self._remove_orphan_spools()
         with open_read(self.path, kind) as tree:
             self.committed: set[str] = set(read_ids(tree))
 
     # -- public -------------------------------------------------------------------------------------
+    @property
+    def spool_dir(self) -> str:
+        """Where the pipeline spools long videos' rows: the journal folder of a local shard (a part naming a
+        spool file survives a crash with it); a local temporary folder for a shard on an object store."""
+        if fs.is_url(self.path):
+            return os.path.join(tempfile.gettempdir(), "vfeat-spool")
+        return fs.local(journal_dir(self.path))
+
     def add(self, record: VideoRecord) -> None:
         self._pending.videos.append(record)
         self.committed.add(record.video_id)
@@ -152,20 +168,42 @@ class ShardWriter:
         return [fs.join(folder, name) for name in fs.listdir(folder) if name.startswith("part-") and name.endswith(".pkl")]
 
     def _merge_parts(self, parts: list[str], in_memory: dict[str, Batch] | None = None) -> None:
-        """Append the parts' videos to the shard, then delete the parts. A part this process just wrote is
-        taken from ``in_memory`` rather than read back (no second copy of a long video's rows)."""
+        """Append the parts' videos to the shard (one part in memory at a time), then delete the parts and
+        the spool files they name. A part this process just wrote is taken from ``in_memory`` rather than
+        read back."""
         if not parts:
             return
-        merged = Batch()
-        for part in parts:
-            batch = in_memory[part] if in_memory and part in in_memory else _read_part(part)
-            merged.videos.extend(batch.videos)
-            merged.failures.extend(batch.failures)
+        spools: list[SpooledRows] = []
         with transaction(self.path, self.kind, create=False) as tree:
-            append(tree, merged)
+            for part in sorted(parts):
+                batch = in_memory[part] if in_memory and part in in_memory else _read_part(part)
+                spools += [v.features for v in batch.videos if isinstance(v.features, SpooledRows)]
+                batch.videos = [v for v in batch.videos if _rows_present(v)]
+                append(tree, batch)
         for part in parts:
             fs.remove(part)
+        for spool in spools:
+            spool.remove()
         self._parts = [p for p in self._parts if p not in parts]
+
+    def _remove_orphan_spools(self) -> None:
+        """Spool files of videos that never reached a journal part (the run was killed first)."""
+        if fs.is_url(self.path):
+            return
+        folder = journal_dir(self.path)
+        for name in fs.listdir(folder):
+            if name.startswith(SPOOL_PREFIX):
+                fs.remove(fs.join(folder, name))
+
+
+def _rows_present(record: Any) -> bool:
+    """A part replayed after a crash may name a spool file that is gone (a shard on an object store whose
+    run died on another machine): that video was never committed and is extracted again."""
+    if isinstance(record.features, SpooledRows) and not record.features.exists():
+        print(f"vfeat: {record.path}: its rows were spooled on another machine and are gone; it will be extracted again",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def _read_part(part: str) -> Batch:
