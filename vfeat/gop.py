@@ -17,6 +17,7 @@ Codecs not listed here get no skipping: every packet is decoded, as before.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,15 +37,16 @@ class SkipPoints:
 class PtsSet:
     """A set of pts as one sorted int64 array and a bitmap: 9 bytes a member where a Python set of ints
     takes about 100. A 2-hour video has some 200,000 packets, and in "all frames" mode every one is wanted,
-    so the per-packet bookkeeping must not grow with Python objects."""
+    so the per-packet bookkeeping must not grow with Python objects. (``bisect`` on an ``array``: a lookup
+    costs about 0.3 us, several times less than ``np.searchsorted`` on one value.)"""
 
     def __init__(self, pts) -> None:
-        self.pts = np.unique(np.asarray(pts, np.int64))
-        self.present = np.ones(len(self.pts), bool)
+        self.pts = array("q", np.unique(np.asarray(pts, np.int64)).tobytes())
+        self.present = bytearray(b"\x01") * len(self.pts)
         self.count = len(self.pts)
 
     def _index(self, pts: int) -> int:
-        i = int(np.searchsorted(self.pts, pts))
+        i = bisect_left(self.pts, pts)
         return i if i < len(self.pts) and self.pts[i] == pts else -1
 
     def __contains__(self, pts: int) -> bool:
@@ -57,11 +59,15 @@ class PtsSet:
     def discard(self, pts: int) -> None:
         i = self._index(pts)
         if i >= 0 and self.present[i]:
-            self.present[i] = False
+            self.present[i] = 0
             self.count -= 1
 
+    def sorted(self) -> np.ndarray:
+        """Every pts, present or not (sorted)."""
+        return np.frombuffer(self.pts, np.int64)
+
     def members(self) -> np.ndarray:
-        return self.pts[self.present]
+        return self.sorted()[np.frombuffer(self.present, bool)]
 
 
 class PacketClassifier:
@@ -161,7 +167,7 @@ class GopSkipper:
         self.restart = PtsSet(self.restart_pts)
         self.disposable = PtsSet(points.disposable_pts)
         self.wanted = PtsSet(wanted)
-        gops = self._gop_of(self.wanted.pts)
+        gops = self._gop_of(self.wanted.sorted())
         self.remaining = np.bincount(gops, minlength=len(self.restart_pts) + 1)
         self.first_unfinished = 0
         self._advance()
