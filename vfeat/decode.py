@@ -268,8 +268,13 @@ def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, sk
             stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
+    from av.video.reformatter import VideoReformatter
+
     pending = PtsSet(wanted)
     skipper = GopSkipper(skip, wanted) if skip is not None else None
+    # one scaler for the whole video: ``frame.reformat`` builds a new one per frame, and setting up a
+    # bicubic, accurate-rounding scaler costs more than using it (5.6 -> 2.3 ms a 720p frame)
+    scaler = VideoReformatter()
     container = _open(path)
     try:
         stream = _video_stream(container, path)
@@ -289,7 +294,7 @@ def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, sk
                     if skipper is not None:
                         skipper.came_out(stamp)
                     quarter_turns = int(round((frame.rotation or 0) / 90.0)) % 4
-                    yield stamp, _to_rgb(frame, quarter_turns, resize)
+                    yield stamp, _to_rgb(frame, quarter_turns, resize, scaler)
                 if not pending:
                     break
         except av.error.FFmpegError as exc:
@@ -301,17 +306,20 @@ def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, sk
         raise DecodeError(f"{path}: truncated or corrupt: decoded {total - len(pending)} of {total} selected frames")
 
 
-def _to_rgb(frame, quarter_turns: int, resize: Resize | None) -> np.ndarray:
+def _to_rgb(frame, quarter_turns: int, resize: Resize | None, scaler=None) -> np.ndarray:
     src_w, src_h = frame.width, frame.height
     disp_w, disp_h = (src_h, src_w) if quarter_turns % 2 else (src_w, src_h)
     if resize is None:
-        image = frame.to_ndarray(format="rgb24")
+        image = (scaler.reformat(frame, format="rgb24") if scaler is not None else frame.reformat(format="rgb24")).to_ndarray()
     else:
         out_w, out_h = resized_size(disp_w, disp_h, resize.short_side)
         if quarter_turns % 2:
             out_w, out_h = out_h, out_w
         flags = _SWS_METHOD.get(resize.interpolation.upper(), 4) | SWS_FULL_CHR_H_INT | SWS_ACCURATE_RND
-        image = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation=flags).to_ndarray()
+        if scaler is None:
+            image = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation=flags).to_ndarray()
+        else:
+            image = scaler.reformat(frame, width=out_w, height=out_h, format="rgb24", interpolation=flags).to_ndarray()
     if quarter_turns:
         image = np.rot90(image, k=quarter_turns)
     if resize is not None:
