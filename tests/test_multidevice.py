@@ -190,3 +190,18 @@ def test_a_killed_device_process_is_reported_not_waited_for(tmp_path, repo_root)
     assert again.returncode == 0, again.stdout + again.stderr
     with vfeat.open_store(str(out)) as store:
         assert sorted(store.ids) == [f"v{i}.mp4" for i in range(4)]
+
+
+@pytest.mark.parametrize(("cores", "device", "processes", "expected"), [
+    (16, "cuda:0", 1, 15),  # a GPU box is decode-bound: every core but the model process's decodes
+    (16, "cuda:0", 2, 7),   # two GPUs share the cores; nothing is oversubscribed
+    (16, "cpu", 1, 8),      # the model needs the cores itself on the CPU
+    (2, "cpu", 1, 1),
+    (2, "cpu", 2, 1),
+    (1, "cuda", 4, 1),
+])
+def test_default_decode_workers_follow_where_the_model_runs(monkeypatch, cores, device, processes, expected):
+    from vfeat import pipeline
+
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: cores)
+    assert pipeline.default_workers(device, processes) == expected

@@ -62,7 +62,7 @@ def extract(
     precision: str = typer.Option("auto", "--precision", help="Compute precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16."),
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the features: float16 or float32."),
     batch_size: int = typer.Option(64, "--batch-size", help="Frames per model batch (batches mix videos)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: CPU cores - 1; 0 decodes in the main process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: with the model on a GPU, every core the model processes do not use; on the CPU, cores - 1, at most 8; 0 decodes in the main process)."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Several model processes, one per device, each writing its own shard of a directory --out: cuda:0,cuda:1 or all."),
     store_format: Optional[str] = typer.Option(None, "--format", help="Shard format when --out is a directory: zarr (default) or h5."),
     clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Open-VCLIP: the original CLIP weights used for --patching-ratio."),

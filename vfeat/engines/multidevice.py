@@ -41,6 +41,7 @@ def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource
 def run_devices(sources: list[VideoSource], out: str, devices: list[str], workers: int | None, options: dict[str, Any],
                 on_start: Callable[[int, int], None] | None = None):
     from vfeat.extractor import ExtractSummary
+    from vfeat.pipeline import default_workers
     from vfeat.shards import committed_elsewhere, list_shard
 
     done = committed_elsewhere(out, "")
@@ -50,7 +51,7 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
     if not todo:
         return ExtractSummary(out=out, videos_total=len(sources), videos_skipped=len(sources), videos_ok=0,
                               videos_failed=0, frames=0, seconds=0.0)
-    per_device = None if workers is None else max(0, workers // len(devices))
+    per_device = default_workers(devices[0], len(devices)) if workers is None else max(0, workers // len(devices))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     listed = [ctx.Event() for _ in devices]
