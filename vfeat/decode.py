@@ -307,19 +307,21 @@ def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, sk
 
 
 def _to_rgb(frame, quarter_turns: int, resize: Resize | None, scaler=None) -> np.ndarray:
+    """``scaler``: a VideoReformatter kept for the whole video (a new one per call otherwise)."""
+    if scaler is None:
+        from av.video.reformatter import VideoReformatter
+
+        scaler = VideoReformatter()
     src_w, src_h = frame.width, frame.height
     disp_w, disp_h = (src_h, src_w) if quarter_turns % 2 else (src_w, src_h)
     if resize is None:
-        image = (scaler.reformat(frame, format="rgb24") if scaler is not None else frame.reformat(format="rgb24")).to_ndarray()
+        image = scaler.reformat(frame, format="rgb24").to_ndarray()
     else:
         out_w, out_h = resized_size(disp_w, disp_h, resize.short_side)
         if quarter_turns % 2:
             out_w, out_h = out_h, out_w
         flags = _SWS_METHOD.get(resize.interpolation.upper(), 4) | SWS_FULL_CHR_H_INT | SWS_ACCURATE_RND
-        if scaler is None:
-            image = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation=flags).to_ndarray()
-        else:
-            image = scaler.reformat(frame, width=out_w, height=out_h, format="rgb24", interpolation=flags).to_ndarray()
+        image = scaler.reformat(frame, width=out_w, height=out_h, format="rgb24", interpolation=flags).to_ndarray()
     if quarter_turns:
         image = np.rot90(image, k=quarter_turns)
     if resize is not None:

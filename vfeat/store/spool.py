@@ -133,12 +133,12 @@ class RowBuffer:
         if not self.spooled:
             return self.array[rows]
         out = np.empty((len(rows), self.shape[1]), self.dtype)
+        self.file.flush()
         for i, row in enumerate(rows):
             block = row // BLOCK_ROWS
             if block in self.blocks:
                 out[i] = self.blocks[block][row - block * BLOCK_ROWS]
             else:
-                self.file.flush()
                 out[i] = np.fromfile(self.path, self.dtype, count=self.shape[1], offset=row * self._row_bytes())
         return out
 
