@@ -63,6 +63,8 @@ def extract(
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the features: float16 or float32."),
     batch_size: int = typer.Option(64, "--batch-size", help="Frames per model batch (batches mix videos)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: with the model on a GPU, every core the model processes do not use; on the CPU, cores - 1, at most 8; 0 decodes in the main process)."),
+    hwaccel: Optional[str] = typer.Option(None, "--hwaccel", help="Also decode on the GPU's video decoder: cuda (NVDEC; H.264/HEVC/VP9/AV1, others fall back to the CPU). Same frames; see docs/performance.md for when it pays."),
+    hwaccel_workers: Optional[int] = typer.Option(None, "--hwaccel-workers", help="With --hwaccel: decode processes on the GPU decoder, beside the --workers CPU ones (default 4)."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Several model processes, one per device, each writing its own shard of a directory --out: cuda:0,cuda:1 or all."),
     store_format: Optional[str] = typer.Option(None, "--format", help="Shard format when --out is a directory: zarr (default) or h5."),
     clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Open-VCLIP: the original CLIP weights used for --patching-ratio."),
@@ -91,7 +93,7 @@ def extract(
             list(inputs or []), out, model, pretrained, fps=fps, num_frames=num_frames, clips=clips, clip_len=clip_len,
             stride=stride, file_list=file_list, model_config=model_config, device=device, precision=precision,
             dtype=dtype, batch_size=batch_size, workers=workers, store_format=store_format, devices=devices,
-            on_start=bar.on_start, on_progress=bar.on_progress,
+            hwaccel=hwaccel, hwaccel_workers=hwaccel_workers, on_start=bar.on_start, on_progress=bar.on_progress,
             clip_weights=clip_weights, patching_ratio=patching_ratio, wise_with=wise_with, alpha=alpha,
             engine=engine, address=address, gpus_per_worker=gpus_per_worker, shard_size=shard_size, ray_workers=ray_workers,
         )

@@ -70,12 +70,18 @@ SWS_ACCURATE_RND = 262144
 _SWS_METHOD = {"FAST_BILINEAR": 1, "BILINEAR": 2, "BICUBIC": 4, "POINT": 16, "AREA": 32, "LANCZOS": 512}
 
 
-def _open(path: str):
+def _open(path: str, hwaccel: str | None = None):
+    """Open ``path``; with ``hwaccel`` ("cuda": NVDEC) the decoder runs on that device where it can
+    (frames come back to system memory, and codecs the device lacks fall back to software)."""
     import av
 
     # libav's own messages ("non-existing PPS", ...) off: torchvision turns them on at import, and every
     # problem reaches the user as one DecodeError line naming the file instead
     av.logging.set_level(None)
+    if hwaccel is not None:
+        opened = _open_on_device(path, hwaccel)
+        if opened is not None:
+            return opened
     try:
         if "://" in path and not path.startswith(("http://", "https://", "rtsp://", "file://")):
             from vfeat.store.fs import open_binary
@@ -90,6 +96,52 @@ def _open(path: str):
         raise DecodeError(f"{path}: {_unreadable_reason(path)}") from None
     except av.error.FFmpegError as exc:
         raise DecodeError(f"{path}: cannot open ({exc.strerror or exc})") from None
+
+
+_device_unusable: set[str] = set()  # hardware decoders that failed to start in this process
+
+
+def _open_on_device(path: str, hwaccel: str):
+    """The container with a hardware decoder, or None (then the caller opens it for software decoding,
+    which also reports what is wrong with the file). A device that cannot start is reported once per
+    process and not tried again."""
+    import av
+    from av.codec.hwaccel import HWAccel
+
+    if hwaccel in _device_unusable or "://" in path.removeprefix("file://"):
+        return None
+    try:
+        return av.open(path.removeprefix("file://"), hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True))
+    except (FileNotFoundError, IsADirectoryError, av.error.InvalidDataError):
+        return None
+    except av.error.FFmpegError as exc:
+        _device_unusable.add(hwaccel)
+        log.warning("hardware decoding (%s) is unavailable in this process (%s): decoding on the CPU",
+                    hwaccel, exc.strerror or exc)
+        return None
+
+
+def hardware_decoder() -> str | None:
+    """The hardware decoder this process uses (``VFEAT_HWACCEL``, set per decode worker by the
+    pipeline's ``--hwaccel``), or None for software decoding."""
+    value = os.environ.get("VFEAT_HWACCEL", "").strip().lower()
+    return None if value in ("", "none", "cpu") else value
+
+
+def check_hwaccel(hwaccel: str) -> None:
+    """Fail early, naming the reason, when ``hwaccel`` cannot work here."""
+    from av.codec.hwaccel import hwdevices_available
+
+    from vfeat.errors import InputError
+
+    available = hwdevices_available()
+    if hwaccel not in available:
+        raise InputError(f"Invalid --hwaccel ({hwaccel}). This PyAV's FFmpeg supports: {', '.join(available) or 'none'}.")
+    if hwaccel == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("--hwaccel cuda decodes on an NVIDIA GPU (NVDEC), and no CUDA GPU is visible here.")
 
 
 def _unreadable_reason(path: str) -> str:
@@ -275,10 +327,13 @@ def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, sk
     # one scaler for the whole video: ``frame.reformat`` builds a new one per frame, and setting up a
     # bicubic, accurate-rounding scaler costs more than using it (5.6 -> 2.3 ms a 720p frame)
     scaler = VideoReformatter()
-    container = _open(path)
+    container = _open(path, hardware_decoder())
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
+        threads = int(os.environ.get("VFEAT_DECODE_THREADS", "0") or 0)
+        if threads > 0:  # set per decode worker by the pipeline; 0: FFmpeg's default (a thread per core)
+            stream.codec_context.thread_count = threads
         try:
             for packet in container.demux(stream):
                 if skipper is not None and packet.size and packet.pts is not None and not skipper.send(int(packet.pts)):

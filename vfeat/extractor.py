@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 
 from vfeat import __version__
+from vfeat.decode import check_hwaccel
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.models.factory import load_model
@@ -79,13 +80,16 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
             on_start: Callable[[int, int], None] | None = None,
             on_progress: Callable[[RunStats, int], None] | None = None, engine: str = "local",
             address: str | None = None, gpus_per_worker: float = 0.0, shard_size: int = 1000,
-            ray_workers: int | None = None, **model_options: Any) -> ExtractSummary:
+            ray_workers: int | None = None, hwaccel: str | None = None, hwaccel_workers: int | None = None,
+            **model_options: Any) -> ExtractSummary:
     """Extract features of ``inputs`` into the store ``out``; committed videos are skipped.
 
     ``devices`` ("cuda:0,cuda:1", "all", or several CPU devices "cpu,cpu"): one model process per device,
     each writing its own shard of the directory store ``out``.
     ``engine="ray"``: Ray Data on the cluster at ``address`` (or a new local Ray instance); ``gpus_per_worker``,
     ``shard_size`` and ``ray_workers`` apply to it only (see docs/scale.md).
+    ``hwaccel="cuda"``: ``hwaccel_workers`` more decode processes (default 4) decode on the GPU's video
+    decoder (NVDEC) beside the ``workers`` CPU ones; the frames are the same (docs/performance.md).
     Returns an :class:`ExtractSummary`; per-video failures are recorded in the store, not raised.
     """
     if engine not in ENGINES:
@@ -96,6 +100,13 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
         raise InputError(f"Invalid --batch-size ({batch_size}). It must be >= 1.")
     if workers is not None and workers < 0:
         raise InputError(f"Invalid --workers ({workers}). It must be >= 0 (0 decodes in the main process).")
+    if hwaccel_workers is not None and hwaccel_workers < 0:
+        raise InputError(f"Invalid --hwaccel-workers ({hwaccel_workers}). It must be >= 0.")
+    hwaccel = None if hwaccel in (None, "", "none") else hwaccel
+    if hwaccel is not None:
+        if engine == "ray":
+            raise InputError("--hwaccel is not supported with --engine ray: decode on the CPU there.")
+        check_hwaccel(hwaccel)
     plan = SamplingPlan(fps=fps, num_frames=num_frames, clips=clips, clip_len=clip_len, stride=stride)
     sources = unique_sources(expand_inputs(inputs, file_list))
     if not sources:
@@ -103,6 +114,8 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     device_list = parse_devices(devices) if devices else [device]
     options = dict(model=model, pretrained=pretrained, plan=plan, model_config=model_config, precision=precision,
                    dtype=dtype, batch_size=batch_size, store_format=store_format, **model_options)
+    if hwaccel is not None:
+        options.update(hwaccel=hwaccel, hwaccel_workers=hwaccel_workers)
     if engine == "ray" and (encoder is not None or devices):
         raise InputError("--engine ray loads the model in each Ray actor: pass the model by name, and no --devices.")
     if len(device_list) > 1 and shard_kind(out) is not None:
@@ -141,7 +154,8 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
                     workers: int | None, store_format: str | None, encoder: VideoEncoder | None = None, rank: int = 0,
                     on_start: Callable[[int, int], None] | None = None,
                     on_progress: Callable[[RunStats, int], None] | None = None,
-                    on_open: Callable[[str], None] | None = None, **model_options: Any) -> ExtractSummary:
+                    on_open: Callable[[str], None] | None = None, hwaccel: str | None = None,
+                    hwaccel_workers: int | None = None, **model_options: Any) -> ExtractSummary:
     """One model process: encode ``sources`` into this process's shard of ``out``. ``on_open(shard)`` runs
     once the shard exists, before any video is committed in it (default: :func:`vfeat.shards.list_shard`)."""
     load_started = time.perf_counter()
@@ -168,7 +182,8 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
         if on_start:
             on_start(len(todo), len(sources) - len(todo))
         stats = run(todo, encoder, plan, writer.add, fail, batch_size=batch_size, workers=workers,
-                    storage_dtype=dtype, on_progress=on_progress, spool_dir=writer.spool_dir)
+                    storage_dtype=dtype, on_progress=on_progress, spool_dir=writer.spool_dir, hwaccel=hwaccel,
+                    hwaccel_workers=hwaccel_workers)
     return ExtractSummary(
         out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,

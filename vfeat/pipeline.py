@@ -29,7 +29,7 @@ from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
 from vfeat.store.format import Failure, VideoRecord
 from vfeat.store.spool import RowBuffer
-from vfeat.workers import decode_job, worker_main
+from vfeat.workers import CHUNK_FRAMES, decode_job, worker_main
 
 
 @dataclass
@@ -257,6 +257,11 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
 
 # -- the local engine: decode processes on this machine ----------------------------------------------------
 
+#: decode processes that use the GPU's video decoder under ``--hwaccel`` (beside the CPU ones): NVDEC
+#: needs several sessions in flight to keep its engines busy (7 on an H100/H200)
+HWACCEL_WORKERS = 4
+
+
 def default_workers(device: torch.device | str = "cpu", processes: int = 1) -> int:
     """Decode processes for each of ``processes`` model processes on ``device``. With the model on a GPU,
     decoding is the bottleneck: every core the model processes do not need decodes. With the model on the
@@ -274,19 +279,31 @@ def _messages_inline(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Re
 
 
 def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
-                           stats: RunStats) -> Iterator[tuple]:
-    """Start ``workers`` decode processes; yield their messages as they come (bounded queue)."""
+                           stats: RunStats, hwaccel: str | None = None, hwaccel_workers: int = 0,
+                           frame_budget: int | None = None) -> Iterator[tuple]:
+    """Start ``workers`` CPU decode processes and ``hwaccel_workers`` that decode on the ``hwaccel``
+    device; all take videos from one queue (the faster take more) and their messages come back as they
+    come. At most ``frame_budget`` decoded frames wait in the queue (default: 64 per decode process)."""
     ctx = mp.get_context("spawn")
+    decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])
     job_queue = ctx.Queue()
-    results = ctx.Queue(maxsize=max(8, 4 * workers))
+    results = ctx.Queue()
+    # a worker takes a unit per frame before it sends a message of up to CHUNK_FRAMES: with fewer than that
+    # per worker, all of them could hold part of the budget and none could send
+    budget = ctx.Semaphore(max(frame_budget or 64 * len(decoders), CHUNK_FRAMES * len(decoders)))
     for item in jobs:
         job_queue.put(item)
-    for _ in range(workers):
+    for _ in decoders:
         job_queue.put(None)
-    procs = [ctx.Process(target=worker_main, args=(job_queue, results, plan, resize, one_clip), daemon=True) for _ in range(workers)]
+    # each decoder gets its share of the cores: FFmpeg's default (a thread per core in every worker) put
+    # 15 x 17 threads on a 16-core GPU machine, and frame threading decodes up to a thread's worth of
+    # packets past each wanted frame before the frame comes out, work that GOP skipping would have saved
+    threads = max(1, (os.cpu_count() or 1) // len(decoders))
+    procs = [ctx.Process(target=worker_main, args=(job_queue, results, budget, plan, resize, one_clip, decoder, threads), daemon=True)
+             for decoder in decoders]
     for proc in procs:
         proc.start()
-    running = workers
+    running = len(procs)
     try:
         while running:
             start = time.perf_counter()
@@ -301,6 +318,9 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
             if message[0] == "exit":
                 running -= 1
                 continue
+            if message[0] == "frames":
+                for _ in range(len(message[3])):
+                    budget.release()
             yield message
     finally:
         for proc in procs:
@@ -322,17 +342,23 @@ def _workers_died(exit_codes: list[int | None]) -> str:
 
 def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, commit: Callable[[VideoRecord], None],
         fail: Callable[[Failure], None], batch_size: int = 64, workers: int | None = None, storage_dtype: str = "float16",
-        on_progress: Callable[[RunStats, int], None] | None = None, spool_dir: str | None = None) -> RunStats:
+        on_progress: Callable[[RunStats, int], None] | None = None, spool_dir: str | None = None,
+        hwaccel: str | None = None, hwaccel_workers: int | None = None) -> RunStats:
     """Encode ``sources`` and hand each finished video to ``commit`` (failures to ``fail``); long videos'
-    rows are spooled under ``spool_dir`` (see :func:`encode_videos`)."""
+    rows are spooled under ``spool_dir`` (see :func:`encode_videos`). With ``hwaccel``,
+    ``hwaccel_workers`` decode processes (default :data:`HWACCEL_WORKERS`) decode on that device beside
+    the ``workers`` CPU ones."""
     stats = RunStats()
     if not sources:
         return stats
     resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
     jobs = [(i, s.path) for i, s in enumerate(sources)]
     workers = default_workers(encoder.device) if workers is None else workers
+    hw = (HWACCEL_WORKERS if hwaccel_workers is None else hwaccel_workers) if hwaccel else 0
     messages: Iterable[tuple] = (
-        _messages_inline(jobs, plan, resize, one_clip) if workers == 0 else _messages_from_workers(jobs, plan, resize, one_clip, workers, stats)
+        _messages_inline(jobs, plan, resize, one_clip) if workers + hw == 0
+        else _messages_from_workers(jobs, plan, resize, one_clip, workers, stats, hwaccel, hw,
+                                    frame_budget=max(2 * batch_size, 64 * (workers + hw)))
     )
     for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype, stats=stats,
                                 spool_dir=spool_dir):

@@ -60,11 +60,25 @@ def decode_job(job: int, path: str, plan: SamplingPlan, resize: Resize, one_clip
         yield ("error", job, f"{path}: {type(exc).__name__}: {exc}")
 
 
-def worker_main(jobs: Any, results: Any, plan: SamplingPlan, resize: Resize, one_clip: bool) -> None:
-    """Process entry point: take ``(job, path)`` until ``None``, push messages onto the bounded queue."""
+def worker_main(jobs: Any, results: Any, frame_budget: Any, plan: SamplingPlan, resize: Resize, one_clip: bool,
+                hwaccel: str | None = None, threads: int | None = None) -> None:
+    """Process entry point: take ``(job, path)`` until ``None``, push messages onto the results queue.
+
+    ``frame_budget`` (a semaphore shared with the pipeline) bounds the decoded frames waiting in the queue:
+    a worker takes one unit per frame before sending it, the pipeline gives it back on receipt. Bounding
+    frames rather than messages lets workers run ahead through many short videos (three messages each)
+    while the model process is busy with a batch. ``hwaccel`` ("cuda"): this worker decodes on the GPU's
+    video decoder (NVDEC) instead of the CPU. ``threads``: FFmpeg decoding threads of this worker (its
+    share of the cores), unless the user set ``VFEAT_DECODE_THREADS`` (0: FFmpeg's default, a thread per
+    core)."""
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # read by vfeat.decode, in this process only
+    if hwaccel:
+        os.environ["VFEAT_HWACCEL"] = hwaccel
+    if threads:
+        os.environ.setdefault("VFEAT_DECODE_THREADS", str(threads))
     while True:
         item = jobs.get()
         if item is None:
@@ -72,4 +86,7 @@ def worker_main(jobs: Any, results: Any, plan: SamplingPlan, resize: Resize, one
             return
         job, path = item
         for message in decode_job(job, path, plan, resize, one_clip):
+            if message[0] == "frames":
+                for _ in range(len(message[3])):
+                    frame_budget.acquire()
             results.put(message)
