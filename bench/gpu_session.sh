@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One GPU session's measurements for issue 5, as one script (a lent GPU machine has minutes, not hours).
+#
+# The GPU machine has no ffmpeg CLI and no network: the corpus is generated beforehand on another machine
+# and travels with the checkout (small: --long-seconds 16 --short-clips 12 --tiny-clips 100), and each
+# video is then used --replicate times (hard links) so each phase runs long enough to time.
+#   here:  python bench/extract.py --corpus-only --corpus gpu_corpus --long-seconds 16 --short-clips 12 \
+#              --tiny-clips 100 --long-minutes 0
+#   there: bash bench/gpu_session.sh OUT_DIR        (PyAV, open_clip, zarr as wheels under .whl/ if missing)
+#          STEPS="b32 l14" bash bench/gpu_session.sh OUT_DIR   runs only those steps (names below)
+# Writes gpu_*.json, nvdec.json and logs.tgz (the full logs) into OUT_DIR; prints each table.
+set -u
+OUT_DIR=${1:-bench/out/gpu}
+LOG_DIR=$(mktemp -d)
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 - <<'EOF'
+import torch, av, open_clip, zarr
+from av.codec.hwaccel import hwdevices_available
+print("torch", torch.__version__, "pyav", av.__version__, "open_clip", open_clip.__version__, "zarr", zarr.__version__,
+      "gpu", torch.cuda.get_device_name(0), "hwdevices", hwdevices_available())
+EOF
+CORPUS="--corpus gpu_corpus --long-seconds 16 --short-clips 12 --tiny-clips 100 --long-minutes 0 --replicate ${REPLICATE:-60}"
+COMMON="$CORPUS --device cuda --skip-baseline --repeat 1"
+run() {  # name, seconds, args...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name"
+  timeout "$limit" python3 "$@" > "$LOG_DIR/$name.log" 2>&1
+  echo "rc $?"
+  grep -v "^\[\|^.other\|^command" "$LOG_DIR/$name.log" | tail -32
+  grep "^\[" "$LOG_DIR/$name.log" | tail -3
+  tar czf "$OUT_DIR/logs.tgz" -C "$LOG_DIR" .
+}
+step() { [[ " ${STEPS:-b32 l14 b16 nvdec b32_nvdec small} " == *" $1 "* ]]; }
+# VFEAT_DECODE_THREADS=0: FFmpeg's default threads in every decode worker (before the per-worker share)
+step b32_ffmpeg_threads && VFEAT_DECODE_THREADS=0 run gpu_b32_ffmpeg_threads 75 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b32_ffmpeg_threads.json"
+step b32 && run gpu_b32 75 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b32.json"
+step l14 && run gpu_l14 90 bench/extract.py $COMMON --model ViT-L-14 --precision bf16 --batch-size 128 --skip-small-files --out-json "$OUT_DIR/gpu_l14.json"
+step b16 && run gpu_b16 75 bench/extract.py $COMMON --model ViT-B-16 --precision bf16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b16.json"
+step nvdec && run nvdec 110 bench/nvdec.py --corpus gpu_corpus --replicate 30 --mixes "${NVDEC_MIXES:-15+0,0+4,0+8,15+4,8+8}" --out-json "$OUT_DIR/nvdec.json"
+if step b32_nvdec && python3 -c "import json,sys; c=json.load(open('$OUT_DIR/nvdec.json'))['check']; sys.exit(0 if all(v.get('nvdec_works') for v in c.values()) else 1)" 2>/dev/null; then
+  run gpu_b32_nvdec 90 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --hwaccel cuda --skip-small-files --out-json "$OUT_DIR/gpu_b32_nvdec.json"
+fi
+step small && run gpu_small 80 bench/extract.py $CORPUS --device cuda --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"
+exit 0

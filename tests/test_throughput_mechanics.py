@@ -1,0 +1,183 @@
+"""The mechanics behind the GPU-machine throughput work (issue 5), each checked for what it must not change:
+the frames, the store, the errors.
+
+- decode workers: FFmpeg threads per worker (``VFEAT_DECODE_THREADS``) and hardware decoding
+  (``--hwaccel`` / ``VFEAT_HWACCEL``) give the same frames;
+- the frame budget between decode workers and the model process cannot deadlock, whatever its size;
+- the shard writer commits journal parts from a writer thread and merges Zarr parts at most every
+  ``merge_seconds``: what was added is in the store after close, parts are replayed after a crash, and a
+  failure in the writer thread reaches the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vfeat
+from conftest import make_video
+from vfeat import decode
+from vfeat.cli import app
+from vfeat.decode import Resize, decode_selected, probe
+from vfeat.errors import InputError
+from vfeat.pipeline import RunStats, _messages_from_workers
+from vfeat.sampling import SamplingPlan
+from vfeat.store import writer as writer_module
+from vfeat.store.format import VideoRecord
+from vfeat.store.writer import ShardWriter, journal_dir
+from vfeat.workers import decode_job
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return [make_video(folder, f"c{i}.mp4", duration=1.0 + 0.4 * i, fps=25, size=(96, 64)) for i in range(5)]
+
+
+def _frames(path: Path, resize: Resize | None = Resize(32, 32)) -> list[tuple[int, np.ndarray]]:
+    probed = probe(str(path))
+    return list(decode_selected(str(path), probed.pts, resize, probed.skip))
+
+
+# -- decode workers ------------------------------------------------------------------------------------
+
+def test_one_decoding_thread_gives_the_same_frames(clips, monkeypatch):
+    default = _frames(clips[-1])
+    monkeypatch.setenv("VFEAT_DECODE_THREADS", "1")
+    single = _frames(clips[-1])
+    assert [t for t, _ in single] == [t for t, _ in default]
+    for (_, a), (_, b) in zip(single, default):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hardware_decoding_gives_the_same_frames_or_falls_back_once_with_a_warning(clips, monkeypatch, caplog):
+    software = [_frames(c) for c in clips[:2]]
+    monkeypatch.setenv("VFEAT_HWACCEL", "cuda")
+    monkeypatch.setattr(decode, "_device_unusable", set())
+    with caplog.at_level(logging.WARNING, logger="vfeat.decode"):
+        hardware = [_frames(c) for c in clips[:2]]
+    for soft, hard in zip(software, hardware):
+        assert [t for t, _ in hard] == [t for t, _ in soft]
+        for (_, a), (_, b) in zip(hard, soft):
+            np.testing.assert_array_equal(a, b)  # NVDEC frames are bit-exact after vfeat's resize (H200, 2026-11-26)
+    warnings = [r for r in caplog.records if "hardware decoding" in r.getMessage()]
+    if torch.cuda.is_available():
+        assert len(warnings) <= 1
+    else:  # no GPU here: one warning for the process, then software decoding without retrying the device
+        assert len(warnings) == 1 and "decoding on the CPU" in warnings[0].getMessage()
+
+
+def test_hardware_decoding_of_a_missing_file_still_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("VFEAT_HWACCEL", "cuda")
+    missing = tmp_path / "nope.mp4"
+    with pytest.raises(vfeat.DecodeError, match="nope.mp4: file not found"):
+        list(decode_selected(str(missing), np.array([0]), None))
+
+
+def test_unknown_hwaccel_is_refused_before_any_work(tmp_path, clips):
+    result = CliRunner().invoke(app, ["extract", str(clips[0]), "--out", str(tmp_path / "s.zarr"), "--hwaccel", "nvdecx"])
+    assert result.exit_code != 0
+    assert "Invalid --hwaccel (nvdecx)" in result.output and "supports:" in result.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_hwaccel_cuda_without_a_gpu_says_why(tmp_path, clips):
+    with pytest.raises(InputError, match="no CUDA GPU is visible"):
+        vfeat.extract([str(clips[0])], str(tmp_path / "s.zarr"), hwaccel="cuda")
+
+
+def test_hwaccel_is_refused_with_the_ray_engine(tmp_path, clips):
+    with pytest.raises(InputError, match="--engine ray"):
+        vfeat.extract([str(clips[0])], str(tmp_path / "s.zarr"), hwaccel="cuda", engine="ray")
+
+
+# -- the frame budget ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("budget", [1, 16, 10_000])
+def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget):
+    """A budget smaller than a message's frames is raised to one message per worker: below that, every
+    worker could hold part of the budget and none could send."""
+    plan, resize = SamplingPlan(), Resize(32, 32)  # all frames: several 16-frame messages per video
+    jobs = [(i, str(c)) for i, c in enumerate(clips)]
+    got: dict[int, list] = {}
+    for message in _messages_from_workers(jobs, plan, resize, False, 2, RunStats(), frame_budget=budget):
+        assert message[0] != "error", message
+        if message[0] == "frames":
+            got.setdefault(message[1], []).extend(zip(message[2], message[3]))
+    for job, path in jobs:
+        expected = [(rows, pixels) for m in decode_job(job, path, plan, resize, False) if m[0] == "frames"
+                    for rows, pixels in zip(m[2], m[3])]
+        assert [r for r, _ in got[job]] == [r for r, _ in expected]
+        for (_, a), (_, b) in zip(got[job], expected):
+            np.testing.assert_array_equal(a, b)
+
+
+# -- the shard writer ----------------------------------------------------------------------------------
+
+def _record(i: int, dim: int = 8) -> VideoRecord:
+    rows = np.full((3, dim), i, np.float16)
+    info = {"fps": 25.0, "duration_s": 0.12, "width": 64, "height": 48, "num_frames": 3, "start_time_s": 0.0, "rotation": 0}
+    return VideoRecord(f"v{i}.mp4", f"/videos/v{i}.mp4", info, rows, np.arange(3) * 40.0)
+
+
+def _attrs(dim: int = 8) -> dict:
+    return {"format": "vfeat-store", "format_version": 1, "model": {"name": "t"}, "sampling": {"mode": "all"}, "dtype": "float16",
+            "embed_dim": dim, "preprocess": {}, "has_frames": True, "has_clips": False}
+
+
+def _stored(shard: str) -> dict[str, np.ndarray]:
+    with vfeat.open_store(shard) as store:
+        return {vid: store[vid][0] for vid in store.ids}
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_parts_commit_from_the_writer_thread_and_merge_by_close(tmp_path, suffix):
+    shard = str(tmp_path / f"s{suffix}")
+    writer = ShardWriter(shard, _attrs(), flush_videos=2, merge_seconds=3600)
+    for i in range(7):
+        writer.add(_record(i))
+    writer._take_pending()  # wait for the part in flight (and put the rest aside, as a killed run would)
+    parts = sorted(Path(journal_dir(shard)).glob("part-*.pkl"))
+    assert len(parts) == 3  # 6 videos in parts of 2; the 7th was not due yet
+    writer.add(_record(6))
+    writer.close()
+    stored = _stored(shard)
+    assert sorted(stored) == [f"v{i}.mp4" for i in range(7)]
+    for i in range(7):
+        np.testing.assert_array_equal(stored[f"v{i}.mp4"], np.full((3, 8), i, np.float16))
+    assert not Path(journal_dir(shard)).exists()
+
+
+def test_unmerged_parts_of_a_killed_run_are_replayed(tmp_path):
+    shard = str(tmp_path / "s.zarr")
+    writer = ShardWriter(shard, _attrs(), flush_videos=1, merge_seconds=3600)
+    for i in range(3):
+        writer.add(_record(i))
+    writer._take_pending()
+    assert _stored(shard) == {}  # committed as parts, not merged yet
+    del writer  # killed: no close
+    reopened = ShardWriter(shard, _attrs())
+    assert reopened.committed == {"v0.mp4", "v1.mp4", "v2.mp4"}
+    reopened.close()
+    assert sorted(_stored(shard)) == ["v0.mp4", "v1.mp4", "v2.mp4"]
+
+
+def test_a_failure_in_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch):
+    shard = str(tmp_path / "s.zarr")
+    writer = ShardWriter(shard, _attrs(), flush_videos=1)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_module.fs, "write_atomic", disk_full)
+    writer.add(_record(0))  # handed to the writer thread, which fails
+    with pytest.raises(OSError, match="No space left"):
+        writer.add(_record(1))
+    monkeypatch.undo()
+    writer.close()
