@@ -48,3 +48,20 @@ def test_python_api_from_stdin_says_how_to_run_it(tmp_path, repo_root):
     (tmp_path / "script.py").write_text(guarded)
     ok = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_dead_workers_with_many_videos_queued_still_let_the_process_exit(tmp_path, repo_root):
+    """The same mistake with a folder of 1,500 videos: the jobs nobody took (more than a pipe holds) must
+    not keep the interpreter waiting at exit after the error is printed (it hung before 2026-11-26)."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(1500):
+        (folder / f"video_with_a_rather_long_name_{i:05d}.mp4").hardlink_to(repo_root / "sample" / "bikes.mp4")
+    code = (f"import vfeat\nvfeat.extract([{str(folder)!r}], 's.zarr', model='vfeat-tiny-vit', pretrained='none', "
+            f"model_config={str(repo_root / 'tests' / 'data' / 'vfeat-tiny-vit.json')!r}, fps=1, workers=1)\n")
+    try:
+        result = subprocess.run([sys.executable, "-"], input=code, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit after its decode workers died")
+    assert result.returncode != 0
+    assert "all decode workers exited unexpectedly" in result.stderr

@@ -327,6 +327,9 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
             if proc.is_alive():
                 proc.terminate()
             proc.join(timeout=5)
+        # jobs no worker took (the workers died, or the run was interrupted) must not hold this process at
+        # exit: a queue's feeder thread waits to hand them over, and the interpreter waits for it
+        job_queue.cancel_join_thread()
 
 
 def _workers_died(exit_codes: list[int | None]) -> str:
