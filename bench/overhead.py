@@ -7,8 +7,9 @@ decoders feed one model process.
     python bench/overhead.py                                   # this checkout
     python bench/overhead.py --tree /tmp/vfeat-old             # and another checkout, in the same run
 
-On the H200 machine of 2026-11-26 (ViT-B/32 fp16, 15 decoders) end to end reached 0.73-0.78 of
-decode-only; this benchmark reproduces that ratio on 2 cores with one decoder (docs/performance.md).
+On the H200 machine of 2026-11-26 (ViT-B/32 fp16, 15 one-thread decoders, one core left to the model
+process) end to end reached 0.73-0.78 of decode-only; this benchmark sets up the same on 2 cores: one
+decoder with one FFmpeg thread, and the other core for the model process (docs/performance.md).
 
 For each tree, in a fresh process per measurement and interleaved rounds: decode-only (vfeat's decode
 path in ``--workers`` processes, frames counted there) and end to end (``vfeat.extract`` with the stub,
@@ -32,16 +33,21 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def child(kind: str, folders: list[str], workers: int, out: str) -> None:
-    """One measurement, in a process whose ``vfeat`` is the tree under test (PYTHONPATH)."""
+def child(kind: str, folders: list[str], workers: int, out: str, tree: str) -> None:
+    """One measurement, in a process whose ``vfeat`` (and its decode workers') is ``tree``'s."""
     sys.path.insert(0, str(HERE))
     import extract as bench
     from memory_growth import stub_encoder
 
+    # the bench modules put this checkout first on sys.path; spawned decode workers copy sys.path
+    sys.path[:] = [tree] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, Path(tree).resolve())]
     import vfeat
     from vfeat.decode import Resize
     from vfeat.sampling import SamplingPlan
 
+    import torch
+
+    torch.set_num_threads(1)  # the model process has one core, as beside 15 decoders on a 16-core GPU machine
     bench.logging_quiet()
     videos = bench.videos_in(*map(Path, folders))
     if kind == "decode":
@@ -57,11 +63,11 @@ def child(kind: str, folders: list[str], workers: int, out: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure(tree: Path, kind: str, folders: list[str], workers: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]))
+def measure(tree: Path, kind: str, folders: list[str], workers: int, threads: int) -> dict:
+    env = dict(os.environ, VFEAT_DECODE_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--workers", str(workers),
-               "--out", str(Path(tmp) / "s.zarr"), *folders]
+               "--out", str(Path(tmp) / "s.zarr"), "--child-tree", str(tree), *folders]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -74,15 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folders", nargs="*", help="video folders (default: the short and one-second clips of bench/extract.py's corpus)")
     p.add_argument("--tree", action="append", default=[], help="another vfeat checkout to measure in the same run (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="decode processes (default 1: one decoder, one model process, 2 cores)")
+    p.add_argument("--decode-threads", type=int, default=1,
+                   help="FFmpeg threads per decode process (VFEAT_DECODE_THREADS; default 1: the other core is the "
+                        "model process's, as on a GPU machine where 15 one-thread decoders leave it one core)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--corpus", default=str(HERE / "out" / "corpus"), help="bench/extract.py's --corpus")
     p.add_argument("--replicate", type=int, default=3, help="use each corpus video N times (hard links)")
     p.add_argument("--out-json", default=None)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--child-tree", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.child, args.folders, args.workers, args.out)
+        child(args.child, args.folders, args.workers, args.out, args.child_tree)
         return 0
 
     folders = args.folders
@@ -99,18 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.rounds):
         for tree in trees:
             for kind in ("decode", "e2e"):
-                r = measure(tree, kind, folders, args.workers)
+                r = measure(tree, kind, folders, args.workers, args.decode_threads)
                 runs[str(tree)][kind].append(r)
-                print(f"[round {k + 1}] {tree.name}: {kind:<6} {r['frames']} frames in {r['seconds']:.2f} s", file=sys.stderr, flush=True)
-    print(f"{'tree':<40}{'decode-only s':>15}{'end to end s':>14}{'e2e / decode':>14}")
+                print(f"[round {k + 1}] {tree.name}: {kind:<6} {r['frames']} frames in {r['seconds']:.2f} s (vfeat from {r['vfeat']})", file=sys.stderr, flush=True)
+    print(f"{'tree':<32}{'decode-only s':>15}{'end to end s':>14}{'e2e / decode':>14}   per round")
     summary = {}
     for tree in trees:
         d = statistics.median(r["seconds"] for r in runs[str(tree)]["decode"])
         e = statistics.median(r["seconds"] for r in runs[str(tree)]["e2e"])
-        summary[str(tree)] = {"decode_s": d, "e2e_s": e, "ratio": d / e}
-        print(f"{str(tree)[-40:]:<40}{d:>15.2f}{e:>14.2f}{d / e:>14.2f}")
+        per_round = [a["seconds"] / b["seconds"] for a, b in zip(runs[str(tree)]["decode"], runs[str(tree)]["e2e"])]
+        summary[str(tree)] = {"decode_s": d, "e2e_s": e, "ratio": d / e, "ratio_per_round": per_round}
+        print(f"{str(tree)[-32:]:<32}{d:>15.2f}{e:>14.2f}{d / e:>14.2f}   {', '.join(f'{x:.2f}' for x in per_round)}")
     if args.out_json:
-        Path(args.out_json).write_text(json.dumps({"folders": folders, "workers": args.workers, "runs": runs, "summary": summary}, indent=2))
+        Path(args.out_json).write_text(json.dumps({"folders": folders, "workers": args.workers, "decode_threads": args.decode_threads,
+                                                   "runs": runs, "summary": summary}, indent=2))
     return 0
 
 
