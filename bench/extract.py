@@ -357,19 +357,24 @@ def measure_rss(args: argparse.Namespace, video: str, run_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- decode-only
-def _decode_count(item: tuple) -> tuple[int, int, float]:
-    """One video through vfeat's decode path; returns (decoded frames, rows, seconds)."""
-    from vfeat.workers import decode_job
-
-    job, path, plan, resize = item
-    started, frames, rows = time.perf_counter(), 0, 0
-    for message in decode_job(job, path, plan, resize, False):
+def _count(messages) -> tuple[int, int]:
+    """(decoded frames, rows) in a stream of decode-worker messages; an error message is raised."""
+    frames, rows = 0, 0
+    for message in messages:
         if message[0] == "frames":
             frames += len(message[3])
             rows += sum(len(r) for r in message[2])
         elif message[0] == "error":
             raise RuntimeError(message[2])
-    return frames, rows, time.perf_counter() - started
+    return frames, rows
+
+
+def _decode_count(item: tuple) -> tuple[int, int]:
+    """One video through vfeat's decode path; returns (decoded frames, rows)."""
+    from vfeat.workers import decode_job
+
+    job, path, plan, resize = item
+    return _count(decode_job(job, path, plan, resize, False))
 
 
 def _pool_init(threads: int) -> None:
@@ -386,6 +391,8 @@ def decode_every_packet() -> None:
 def decode_only(paths: list[str], plan, resize, workers: int, hwaccel: str | None = None, hwaccel_workers: int = 0) -> dict:
     import multiprocessing as mp
 
+    from vfeat.pipeline import decoder_threads
+
     if hwaccel:
         return decode_only_mixed(paths, plan, resize, workers, hwaccel, hwaccel_workers)
     items = [(i, p, plan, resize) for i, p in enumerate(paths)]
@@ -393,31 +400,27 @@ def decode_only(paths: list[str], plan, resize, workers: int, hwaccel: str | Non
     if workers == 0:
         results = [_decode_count(item) for item in items]
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with mp.get_context("spawn").Pool(workers, initializer=_pool_init, initargs=(threads,)) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_pool_init, initargs=(decoder_threads(workers),)) as pool:
             results = list(pool.imap_unordered(_decode_count, items))
-    seconds = time.perf_counter() - started
     frames, rows = sum(r[0] for r in results), sum(r[1] for r in results)
-    return {"frames": frames, "rows": rows, "seconds": seconds, "fps": rows / seconds, "decoded_fps": frames / seconds,
-            "videos": len(paths), "workers": workers}
+    return _rates(frames, rows, time.perf_counter() - started, videos=len(paths), workers=workers)
 
 
-def decode_only_mixed(paths: list[str], plan, resize, workers: int, hwaccel: str, hwaccel_workers: int) -> dict:
+def decode_only_mixed(paths: list[str], plan, resize, workers: int, hwaccel: str | None, hwaccel_workers: int) -> dict:
     """Decode-only through the pipeline's own worker start-up (``workers`` CPU decoders and
     ``hwaccel_workers`` on the GPU's decoder, one shared queue); frames cross to this process as in a run."""
     from vfeat.pipeline import RunStats, _messages_from_workers
 
-    jobs = list(enumerate(paths))
-    started, frames, rows = time.perf_counter(), 0, 0
-    for message in _messages_from_workers(jobs, plan, resize, False, workers, RunStats(), hwaccel, hwaccel_workers):
-        if message[0] == "frames":
-            frames += len(message[3])
-            rows += sum(len(r) for r in message[2])
-        elif message[0] == "error":
-            raise RuntimeError(message[2])
-    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    frames, rows = _count(_messages_from_workers(list(enumerate(paths)), plan, resize, False, workers, RunStats(),
+                                                 hwaccel, hwaccel_workers))
+    return _rates(frames, rows, time.perf_counter() - started, videos=len(paths), workers=workers, hwaccel=hwaccel,
+                  hwaccel_workers=hwaccel_workers)
+
+
+def _rates(frames: int, rows: int, seconds: float, **settings) -> dict:
     return {"frames": frames, "rows": rows, "seconds": seconds, "fps": rows / seconds, "decoded_fps": frames / seconds,
-            "videos": len(paths), "workers": workers, "hwaccel": hwaccel, "hwaccel_workers": hwaccel_workers}
+            **settings}
 
 
 # ------------------------------------------------------------------------------------------ model-only

@@ -101,8 +101,8 @@ def test_hwaccel_is_refused_with_the_ray_engine(tmp_path, clips):
 
 @pytest.mark.parametrize("budget", [1, 16, 10_000])
 def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget):
-    """A budget smaller than a message's frames is raised to one message per worker: below that, every
-    worker could hold part of the budget and none could send."""
+    """A budget smaller than a message's frames is raised (to FRAMES_PER_DECODER per worker): below a
+    message's worth each, every worker could hold part of the budget and none could send."""
     plan, resize = SamplingPlan(), Resize(32, 32)  # all frames: several 16-frame messages per video
     jobs = [(i, str(c)) for i, c in enumerate(clips)]
     got: dict[int, list] = {}

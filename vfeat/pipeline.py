@@ -261,6 +261,11 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
 #: needs several sessions in flight to keep its engines busy (7 on an H100/H200)
 HWACCEL_WORKERS = 4
 
+#: decoded frames the queue holds per decode process, at least. A worker takes a unit per frame before it
+#: sends a message of up to CHUNK_FRAMES: with less than a message's worth each, all workers could hold
+#: part of the budget and none could send.
+FRAMES_PER_DECODER = 4 * CHUNK_FRAMES
+
 
 def default_workers(device: torch.device | str = "cpu", processes: int = 1) -> int:
     """Decode processes for each of ``processes`` model processes on ``device``. With the model on a GPU,
@@ -273,6 +278,14 @@ def default_workers(device: torch.device | str = "cpu", processes: int = 1) -> i
     return max(1, min(8, cores - 1) // processes)
 
 
+def decoder_threads(processes: int) -> int:
+    """FFmpeg threads for each of ``processes`` decode processes: its share of the cores. FFmpeg's default
+    (a thread per core in every process) put 15 x 17 threads on a 16-core GPU machine, and frame threading
+    decodes up to a thread's worth of packets past each wanted frame before the frame comes out, work that
+    GOP skipping would have saved."""
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 def _messages_inline(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool) -> Iterator[tuple]:
     for job, path in jobs:
         yield from decode_job(job, path, plan, resize, one_clip)
@@ -280,25 +293,21 @@ def _messages_inline(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Re
 
 def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
                            stats: RunStats, hwaccel: str | None = None, hwaccel_workers: int = 0,
-                           frame_budget: int | None = None) -> Iterator[tuple]:
+                           frame_budget: int = 0) -> Iterator[tuple]:
     """Start ``workers`` CPU decode processes and ``hwaccel_workers`` that decode on the ``hwaccel``
     device; all take videos from one queue (the faster take more) and their messages come back as they
-    come. At most ``frame_budget`` decoded frames wait in the queue (default: 64 per decode process)."""
+    come. At most ``frame_budget`` decoded frames wait in the queue, and at least
+    :data:`FRAMES_PER_DECODER` per decode process."""
     ctx = mp.get_context("spawn")
     decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])
     job_queue = ctx.Queue()
     results = ctx.Queue()
-    # a worker takes a unit per frame before it sends a message of up to CHUNK_FRAMES: with fewer than that
-    # per worker, all of them could hold part of the budget and none could send
-    budget = ctx.Semaphore(max(frame_budget or 64 * len(decoders), CHUNK_FRAMES * len(decoders)))
+    budget = ctx.Semaphore(max(frame_budget, FRAMES_PER_DECODER * len(decoders)))
     for item in jobs:
         job_queue.put(item)
     for _ in decoders:
         job_queue.put(None)
-    # each decoder gets its share of the cores: FFmpeg's default (a thread per core in every worker) put
-    # 15 x 17 threads on a 16-core GPU machine, and frame threading decodes up to a thread's worth of
-    # packets past each wanted frame before the frame comes out, work that GOP skipping would have saved
-    threads = max(1, (os.cpu_count() or 1) // len(decoders))
+    threads = decoder_threads(len(decoders))
     procs = [ctx.Process(target=worker_main, args=(job_queue, results, budget, plan, resize, one_clip, decoder, threads), daemon=True)
              for decoder in decoders]
     for proc in procs:
@@ -361,7 +370,7 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
     messages: Iterable[tuple] = (
         _messages_inline(jobs, plan, resize, one_clip) if workers + hw == 0
         else _messages_from_workers(jobs, plan, resize, one_clip, workers, stats, hwaccel, hw,
-                                    frame_budget=max(2 * batch_size, 64 * (workers + hw)))
+                                    frame_budget=2 * batch_size)
     )
     for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype, stats=stats,
                                 spool_dir=spool_dir):
