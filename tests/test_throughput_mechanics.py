@@ -28,7 +28,7 @@ from vfeat.errors import InputError
 from vfeat.pipeline import RunStats, _messages_from_workers
 from vfeat.sampling import SamplingPlan
 from vfeat.store import writer as writer_module
-from vfeat.store.format import VideoRecord
+from vfeat.store.format import Failure, VideoRecord
 from vfeat.store.writer import ShardWriter, journal_dir
 from vfeat.workers import decode_job
 
@@ -152,6 +152,41 @@ def test_parts_commit_from_the_writer_thread_and_merge_by_close(tmp_path, suffix
     for i in range(7):
         np.testing.assert_array_equal(stored[f"v{i}.mp4"], np.full((3, 8), i, np.float16))
     assert not Path(journal_dir(shard)).exists()
+
+
+def _write_parts(shard: str, failed_first: list[int]) -> ShardWriter:
+    """A writer with one journal part per video (and per failure), none merged yet."""
+    writer = ShardWriter(shard, _attrs(), flush_videos=1, merge_seconds=3600)
+    for i in failed_first:
+        writer.fail(Failure(f"v{i}.mp4", f"/videos/v{i}.mp4", f"/videos/v{i}.mp4: unreadable"))
+    for i in range(6):
+        writer.add(_record(i))
+    writer.fail(Failure("v9.mp4", "/videos/v9.mp4", "/videos/v9.mp4: unreadable"))
+    writer._take_pending()
+    return writer
+
+
+def test_parts_in_memory_merge_as_one_append_with_the_same_result_as_one_by_one(tmp_path, monkeypatch):
+    """A merge of many parts still in memory appends once (an append's cost hardly depends on its size),
+    and leaves the store a part-by-part replay leaves: same ids in order, rows, failures (a failure
+    followed by a success of the same video is dropped)."""
+    replayed = str(tmp_path / "replayed.zarr")
+    _write_parts(replayed, failed_first=[2])  # killed, no close:: its parts are replayed from disk, one at a time
+    ShardWriter(replayed, _attrs()).close()
+
+    appends = []
+    real_append = writer_module.append
+    monkeypatch.setattr(writer_module, "append", lambda tree, batch: appends.append(len(batch.videos)) or real_append(tree, batch))
+    joined = str(tmp_path / "joined.zarr")
+    _write_parts(joined, failed_first=[2]).close()
+    assert appends == [6]
+
+    with vfeat.open_store(replayed) as a, vfeat.open_store(joined) as b:
+        assert a.ids == b.ids == [f"v{i}.mp4" for i in range(6)]
+        for vid in a.ids:
+            np.testing.assert_array_equal(a[vid][0], b[vid][0])
+            np.testing.assert_array_equal(a[vid][1], b[vid][1])
+        assert [f.video_id for f in a.failures()] == [f.video_id for f in b.failures()] == ["v9.mp4"]
 
 
 def test_unmerged_parts_of_a_killed_run_are_replayed(tmp_path):

@@ -9,7 +9,8 @@ merge and the part's deletion is harmless. The part's deletion is the last step 
 
 A long video's rows are not in its part but in a spool file beside it (``rows-*.bin``, see
 :mod:`vfeat.store.spool`), deleted after the part; spool files no part names are garbage of a killed run.
-Parts are merged one at a time, so memory holds one part's rows, however many parts an HDF5 run leaves.
+Parts read back from disk are merged one at a time, so memory holds one part's rows, however many parts
+an HDF5 run leaves; parts still in memory are merged as one append.
 
 During a run, parts are written by one writer thread while the pipeline goes on decoding and encoding,
 and a Zarr shard merges the parts written so far at most every ``merge_seconds`` (5): a merge costs ~0.1 s
@@ -27,7 +28,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from vfeat.errors import StoreError
 from vfeat.store import fs
@@ -200,15 +201,17 @@ class ShardWriter:
         return [fs.join(folder, name) for name in fs.listdir(folder) if name.startswith("part-") and name.endswith(".pkl")]
 
     def _merge_parts(self, parts: list[str], in_memory: dict[str, Batch] | None = None) -> None:
-        """Append the parts' videos to the shard (one part in memory at a time), then delete the parts and
-        the spool files they name. A part this process just wrote is taken from ``in_memory`` rather than
-        read back."""
+        """Append the parts' videos to the shard, then delete the parts and the spool files they name.
+
+        Parts this process just wrote are taken from ``in_memory`` rather than read back, and appended
+        together: an append costs ~0.07 s of array resizes and writes whether it holds one part or twenty.
+        Parts read back from disk (a crashed run's) are appended one at a time, so memory holds one of
+        them."""
         if not parts:
             return
         spools: list[SpooledRows] = []
         with transaction(self.path, self.kind, create=False) as tree:
-            for part in sorted(parts):
-                batch = in_memory[part] if in_memory and part in in_memory else _read_part(part)
+            for batch in _batches_to_append(sorted(parts), in_memory or {}):
                 spools += [v.features for v in batch.videos if isinstance(v.features, SpooledRows)]
                 batch.videos = [v for v in batch.videos if _rows_present(v)]
                 append(tree, batch)
@@ -236,6 +239,22 @@ def _rows_present(record: Any) -> bool:
               file=sys.stderr)
         return False
     return True
+
+
+def _batches_to_append(parts: list[str], in_memory: dict[str, Batch]) -> Iterator[Batch]:
+    """``parts`` in order as batches: runs of parts held in memory joined into one, others read one by one."""
+    joined = Batch()
+    for part in parts:
+        if part in in_memory:
+            joined.videos += in_memory[part].videos
+            joined.failures += in_memory[part].failures
+            continue
+        if joined.videos or joined.failures:
+            yield joined
+            joined = Batch()
+        yield _read_part(part)
+    if joined.videos or joined.failures:
+        yield joined
 
 
 def _read_part(part: str) -> Batch:
