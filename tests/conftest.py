@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,6 +35,12 @@ def run_ffmpeg(args: Sequence[str]) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}\n{result.stderr}")
+
+
+def vfeat_command() -> list[str]:
+    """The installed console script (what users run), or the module when it is not on PATH."""
+    script = shutil.which("vfeat")
+    return [script] if script else [sys.executable, "-m", "vfeat.cli"]
 
 
 def make_video(directory: Path | str, name: str, duration: float = 1.0, fps: str | float = 25,

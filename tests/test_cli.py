@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from conftest import make_video, run_ffmpeg
+from conftest import make_video, run_ffmpeg, vfeat_command
 from vfeat.cli import app
 
 runner = CliRunner()
 COMMANDS = sorted(typer.main.get_command(app).commands)
-
-
-def vfeat_command() -> list[str]:
-    """The installed console script (what users run), or the module when it is not on PATH."""
-    script = shutil.which("vfeat")
-    return [script] if script else [sys.executable, "-m", "vfeat.cli"]
 
 
 def one_line(text: str) -> str:

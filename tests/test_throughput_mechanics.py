@@ -12,6 +12,8 @@ the frames, the store, the errors.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 import vfeat
-from conftest import make_video
+from conftest import make_video, vfeat_command
 from vfeat import decode
 from vfeat.cli import app
 from vfeat.decode import Resize, decode_selected, probe
@@ -216,3 +218,20 @@ def test_a_failure_in_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch
         writer.add(_record(1))
     monkeypatch.undo()
     writer.close()
+
+
+# -- warnings reach the user -----------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a GPU decoder that fails to start: this machine has a working one")
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_cli_shows_vfeat_warnings_from_the_main_process_and_from_decode_workers(tmp_path, clips, tiny_model, workers):
+    """The CLI silences open_clip's root-logger chatter; vfeat's own warnings (here: the GPU decoder could not
+    start, so decoding fell back to the CPU) must still reach stderr, as ``vfeat: ...`` lines, whether the
+    video was decoded in the CLI's process or in a decode worker."""
+    env = dict(os.environ, VFEAT_HWACCEL="cuda")  # what --hwaccel sets in its workers, without the GPU check
+    proc = subprocess.run([*vfeat_command(), "extract", str(clips[0]), "--out", str(tmp_path / "s.zarr"), "--fps", "1",
+                           "--workers", workers, "--no-progress", *tiny_model.cli_args()],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "hardware decoding (cuda) is unavailable" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("vfeat: "), proc.stderr

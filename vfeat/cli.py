@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vfeat._log import show_warnings
 from vfeat.errors import InputError, VfeatError
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ def _fail(exc: Exception) -> None:
 
 def _quiet_libraries() -> None:
     logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs "random init" warnings on the root logger
+    show_warnings()  # vfeat's own still reach stderr
 
 
 @app.command(epilog="""Examples:

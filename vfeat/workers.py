@@ -73,6 +73,9 @@ def worker_main(jobs: Any, results: Any, frame_budget: Any, plan: SamplingPlan, 
     core)."""
     import os
 
+    from vfeat._log import show_warnings
+
+    show_warnings()  # a spawned process has no logging set up: its warnings would be bare lines
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # read by vfeat.decode, in this process only
     if hwaccel:
