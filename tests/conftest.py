@@ -9,6 +9,7 @@ Every fixture here is additive: other test modules keep their own helpers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -63,6 +64,13 @@ def make_video(directory: Path | str, name: str, duration: float = 1.0, fps: str
     args += [*extra, str(path)]
     run_ffmpeg(args)
     return path
+
+
+@pytest.fixture(autouse=True)
+def vfeat_logs_reach_caplog(monkeypatch):
+    """The CLI stops vfeat's loggers propagating to the root logger (``vfeat._log``); CLI tests run in this
+    process, so put propagation back for the tests that read warnings through ``caplog``."""
+    monkeypatch.setattr(logging.getLogger("vfeat"), "propagate", True)
 
 
 @pytest.fixture(name="make_video")

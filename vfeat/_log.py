@@ -24,8 +24,9 @@ class _Stderr(logging.StreamHandler):
 
 
 def show_warnings() -> None:
-    """Send warnings of the ``vfeat`` loggers to stderr, once per process, without passing them to the root
-    logger (whose level the CLI raises to silence open_clip's chatter)."""
+    """Send warnings of the ``vfeat`` loggers to stderr, once per process, whatever the root logger's level
+    (the CLI raises it to silence open_clip's chatter), and only there: a library in the CLI's process puts
+    its own handler on the root logger, which would print them a second time."""
     logger = logging.getLogger("vfeat")
     if not any(isinstance(h, _Stderr) for h in logger.handlers):
         logger.addHandler(_Stderr())
