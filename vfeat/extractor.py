@@ -184,10 +184,13 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
         stats = run(todo, encoder, plan, writer.add, fail, batch_size=batch_size, workers=workers,
                     storage_dtype=dtype, on_progress=on_progress, spool_dir=writer.spool_dir, hwaccel=hwaccel,
                     hwaccel_workers=hwaccel_workers)
+        closing = time.perf_counter()  # the last merge into the shard, after the last video is encoded
+    close_s = time.perf_counter() - closing
     return ExtractSummary(
         out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,
-        timings={"model_load_s": model_load_s, "decode_wait_s": stats.decode_wait_s, "model_s": stats.model_s},
+        timings={"model_load_s": model_load_s, "decode_wait_s": stats.decode_wait_s, "model_s": stats.model_s,
+                 "store_close_s": close_s},
     )
 
 
