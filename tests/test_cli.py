@@ -120,6 +120,10 @@ def test_summary_json(failed_run):
     summary = json.loads(failed_run["summary"].read_text())
     assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (6, 1, 5)
     assert sorted(f["path"] for f in summary["failures"]) == sorted(str(p) for p in failed_run["bad"].values())
+    # the one stored video is 25 frames at 25 fps: 1 s of video, and the summary line says how fast against that
+    assert summary["video_seconds"] == pytest.approx(1.0, abs=1e-6)
+    speed = f"{summary['video_seconds'] / summary['seconds']:.1f}x real time"
+    assert speed in one_line(failed_run["proc"].stdout)
 
 
 def test_info_json_lists_failures(failed_run):

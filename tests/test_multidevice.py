@@ -3,6 +3,8 @@ device processes (the same code path as cuda:0,cuda:1)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -26,10 +28,14 @@ def test_two_device_processes_equal_one(tmp_path, repo_root):
     for i in range(5):
         make_video(folder, f"v{i}.mp4", duration=1.0 + 0.4 * i, fps=10)
     args = ["extract", str(folder), "--fps", "2", "--no-progress", *_tiny(repo_root)]
-    single = runner.invoke(app, [*args, "--out", str(tmp_path / "one.zarr"), "--workers", "0"])
+    single = runner.invoke(app, [*args, "--out", str(tmp_path / "one.zarr"), "--workers", "0", "--json", str(tmp_path / "one.json")])
     assert single.exit_code == 0, single.output
-    multi = runner.invoke(app, [*args, "--out", str(tmp_path / "multi"), "--devices", "cpu,cpu", "--workers", "0"])
+    multi = runner.invoke(app, [*args, "--out", str(tmp_path / "multi"), "--devices", "cpu,cpu", "--workers", "0",
+                                "--json", str(tmp_path / "multi.json")])
     assert multi.exit_code == 0, multi.output
+    # 1.0 + 1.4 + ... + 2.6 s of video, whichever process stored which video
+    for summary in ("one.json", "multi.json"):
+        assert json.loads((tmp_path / summary).read_text())["video_seconds"] == pytest.approx(9.0, abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == ["shard-00000.zarr", "shard-00001.zarr"]
     with vfeat.open_store(str(tmp_path / "one.zarr")) as one, vfeat.open_store(str(tmp_path / "multi")) as many:
         assert sorted(one.ids) == sorted(many.ids)

@@ -156,10 +156,13 @@ def test_ray_cluster_to_s3_equals_local_engine_and_reads_back(cluster, videos, l
     out = "s3://bucket/features/"
     args = [str(videos), "--fps", str(FPS), *TINY, "--engine", "ray", "--address", cluster, "--ray-workers", "2",
             "--shard-size", "4", "--out", out]
-    result = CliRunner().invoke(app, ["extract", *args, "--no-progress"])
+    result = CliRunner().invoke(app, ["extract", *args, "--no-progress", "--json", str(tmp_path / "summary.json")])
     assert result.exit_code == 1, result.output  # broken.mp4 failed, and is recorded
     assert f"{len(VIDEOS)} stored, 1 failed, 0 already in the store" in result.output
     assert_same_store(out, local_store)
+    with vfeat.open_store(str(local_store)) as want:  # the summary's video time is that of the videos stored
+        stored_seconds = float(want.videos()["duration_s"].sum())
+    assert json.loads((tmp_path / "summary.json").read_text())["video_seconds"] == pytest.approx(stored_seconds)
     assert sorted(committed_ids(out)) == sorted(VIDEOS)
     with vfeat.open_store(out) as store:
         assert len(store.shards) == 3 and store.attrs["hardware"]["model_workers"] == 2

@@ -105,9 +105,10 @@ def extract(
         return
     bar.close()
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+    speed = f", {summary.video_seconds / summary.seconds:.1f}x real time" if summary.seconds > 0 and summary.video_seconds else ""
     console.print(
         f"{summary.videos_ok} stored, {summary.videos_failed} failed, {summary.videos_skipped} already in the store; "
-        f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.out}",
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s{speed}) -> {summary.out}",
         markup=False, highlight=False,
     )
     if summary.timings:
@@ -117,7 +118,7 @@ def extract(
         Path(json_out).write_text(json.dumps({
             "timings": summary.timings, "out": summary.out, "videos_total": summary.videos_total, "videos_ok": summary.videos_ok,
             "videos_failed": summary.videos_failed, "videos_skipped": summary.videos_skipped, "frames": summary.frames,
-            "seconds": summary.seconds, "failures": [{"path": f.path, "error": f.error} for f in summary.failures],
+            "seconds": summary.seconds, "video_seconds": summary.video_seconds, "failures": [{"path": f.path, "error": f.error} for f in summary.failures],
         }, indent=2))
     if not summary.ok:
         counts: dict[str, int] = {}

@@ -36,6 +36,8 @@ class ExtractSummary:
     frames: int
     seconds: float
     failures: list[Failure] = field(default_factory=list)
+    #: Total duration of the videos stored by this run: ``video_seconds / seconds`` is the speed against real time.
+    video_seconds: float = 0.0
     #: Where the time went (seconds): loading the model, the model waiting for decoded frames, the model.
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -189,6 +191,7 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     return ExtractSummary(
         out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,
+        video_seconds=stats.video_seconds,
         timings={"model_load_s": model_load_s, "decode_wait_s": stats.decode_wait_s, "model_s": stats.model_s,
                  "store_close_s": close_s},
     )

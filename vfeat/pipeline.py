@@ -54,6 +54,7 @@ class RunStats:
     videos_ok: int = 0
     videos_failed: int = 0
     frames: int = 0
+    video_seconds: float = 0.0  # duration of the videos stored: with wall time, how many times real time
     decode_wait_s: float = 0.0
     model_s: float = 0.0
 
@@ -69,6 +70,7 @@ def report(result: VideoRecord | Failure, stats: RunStats, on_progress: Callable
         frames = len(result.timestamps_ms)
         stats.videos_ok += 1
         stats.frames += frames
+        stats.video_seconds += float(result.info.get("duration_s") or 0.0)
     if on_progress:
         on_progress(stats, frames)
 

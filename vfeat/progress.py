@@ -1,4 +1,5 @@
-"""Progress display for long runs: videos done / total, frames per second, videos per second, ETA."""
+"""Progress display for long runs: videos done / total, frames per second, videos per second, speed against
+real time (seconds of video per second), ETA."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class ExtractProgress:
             return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         done = stats.videos_ok + stats.videos_failed
-        rate = f"{stats.frames / elapsed:.1f} frames/s {done / elapsed:.2f} videos/s"
+        rate = f"{stats.frames / elapsed:.1f} frames/s {done / elapsed:.2f} videos/s {stats.video_seconds / elapsed:.1f}x real time"
         self.progress.update(self.task, completed=done, rate=rate)
 
     def close(self) -> None:

@@ -89,5 +89,5 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
         out=out, videos_total=len(sources), videos_skipped=len(sources) - len(todo),
         videos_ok=sum(s.videos_ok for s in summaries), videos_failed=sum(s.videos_failed for s in summaries),
         frames=sum(s.frames for s in summaries), seconds=max((s.seconds for s in summaries), default=0.0),
-        failures=[f for s in summaries for f in s.failures],
+        failures=[f for s in summaries for f in s.failures], video_seconds=sum(s.video_seconds for s in summaries),
     )

@@ -232,6 +232,7 @@ def run_ray(sources: list[VideoSource], out: str, *, model: str, pretrained: str
         if owns_ray:
             ray.shutdown()
     summary.videos_ok, summary.videos_failed, summary.frames = stats.videos_ok, stats.videos_failed, stats.frames
+    summary.video_seconds = stats.video_seconds
     summary.seconds = time.perf_counter() - started
     return summary
 
