@@ -532,7 +532,8 @@ def end_to_end(inputs: list[str], out: Path, args: argparse.Namespace, encoder=N
             "fps": summary.frames / summary.seconds, "videos_per_s": summary.videos_ok / summary.seconds,
             "videos_per_s_with_load": summary.videos_ok / wall, "model_loads": counter.models,
             "processes_started": counter.processes, "gpu_utilisation": gpu.mean,
-            "main_process_cpu_s": main_cpu_s, "timings": summary.timings}
+            "main_process_cpu_s": main_cpu_s, "timings": summary.timings,
+            "x_real_time": summary.video_seconds / summary.seconds}
 
 
 # -------------------------------------------------------------------------------------------- baseline
@@ -853,6 +854,12 @@ def report(r: dict) -> str:
         row("    per round", ", ".join(f"{x['ratio_to_bound']:.2f}" for x in r["rounds"]))
         row("    other load per round", ", ".join(f"{max(x[k]['other_load'] for k in ('decode', 'model', 'e2e')):.0%}" for x in r["rounds"]))
     row("  ratio to the overlapped bound", f"{r['ratio_to_overlapped']:.2f}")
+    if "x_real_time" in r["e2e"]:
+        row("  seconds of video per second (x real time)", f"{r['e2e']['x_real_time']:.1f}")
+    if "timings" in r["e2e"]:
+        t = r["e2e"]["timings"]
+        row("  model process: frame wait / model / last merge, s",
+            " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("decode_wait_s", "model_s", "store_close_s")))
     if r["e2e"].get("gpu_utilisation") is not None:
         row("  GPU utilisation during end to end (mean, nvidia-smi)", f"{r['e2e']['gpu_utilisation']:.0f}%")
     if "baseline" in r:
