@@ -38,7 +38,8 @@ class ExtractSummary:
     failures: list[Failure] = field(default_factory=list)
     #: Total duration of the videos stored by this run: ``video_seconds / seconds`` is the speed against real time.
     video_seconds: float = 0.0
-    #: Where the time went (seconds): loading the model, the model waiting for decoded frames, the model.
+    #: Where the time went (seconds): loading the model, the model waiting for decoded frames, the model, and
+    #: the last merge into the store after the last video.
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
