@@ -4,6 +4,7 @@ device processes (the same code path as cuda:0,cuda:1)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,27 @@ def test_default_decode_workers_follow_where_the_model_runs(monkeypatch, cores, 
 
     monkeypatch.setattr(pipeline.os, "cpu_count", lambda: cores)
     assert pipeline.default_workers(device, processes) == expected
+
+
+@pytest.mark.parametrize("stored", ["all", "some"])
+def test_devices_refuse_a_store_written_with_other_settings(tmp_path, repo_root, stored):
+    """Whether every video is stored already (no device process starts: the parent checks) or only some
+    (each device process checks), a run with another sampling is refused and the store is left as it was."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    paths = [make_video(folder, f"v{i}.mp4", duration=1.0, fps=10) for i in range(3)]
+    out = tmp_path / "multi"
+    first = [str(p) for p in (paths if stored == "all" else paths[:1])]
+    done = runner.invoke(app, ["extract", *first, "--fps", "2", "--no-progress", *_tiny(repo_root), "--out", str(out),
+                               "--devices", "cpu,cpu", "--workers", "0"])
+    assert done.exit_code == 0, done.output
+    shards = sorted(p.name for p in out.iterdir())
+    again = runner.invoke(app, ["extract", str(folder), "--fps", "1", "--no-progress", *_tiny(repo_root), "--out", str(out),
+                                "--devices", "cpu,cpu", "--workers", "0"])
+    assert again.exit_code == 2, again.output
+    assert "store was written with sampling=" in again.output
+    if stored == "all":  # refused before anything is reported as done
+        assert "already in the store" not in again.output
+    assert sorted(p.name for p in out.iterdir()) == shards
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == sorted(p.name for p in map(Path, first)) and store.attrs["sampling"]["fps"] == 2.0

@@ -287,6 +287,17 @@ def test_local_engine_shards_join_a_ray_manifest(videos, local_store, tmp_path):
 
 
 
+def test_ray_run_refuses_local_shards_written_with_other_settings(videos, tmp_path):
+    """The videos of a local shard extracted at another fps are not done for a Ray run: it is refused before
+    Ray starts, naming the shard, and writes nothing."""
+    out = tmp_path / "features"
+    vfeat.extract([str(videos / "v00.mp4")], str(out), fps=FPS, workers=0, **TINY_KW)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(vfeat.StoreError, match=r"shard-00000\.zarr: store was written with sampling="):
+        vfeat.extract([str(videos / "v00.mp4"), str(videos / "v01.mp4")], str(out), fps=FPS / 2, engine="ray", **TINY_KW)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_interrupted_local_run_into_a_ray_manifest_hides_nothing(videos, local_store, tmp_path):
     """Ctrl-C (or a crash) during a local run into a directory with a manifest: the videos it committed are
     visible at once, because its shard joined the manifest before its first video."""

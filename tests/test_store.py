@@ -224,6 +224,21 @@ def test_directory_out_writes_a_shard_and_resumes_across_shards(tmp_path, tiny_m
         assert sorted(store.ids) == ["a.mp4", "b.mp4"]
 
 
+def test_directory_run_refuses_shards_written_with_other_settings(tmp_path, tiny_model, videos):
+    """Videos another shard holds count as done only if they were extracted alike: a run with another
+    sampling is refused, naming the shard and the setting, before it creates a shard of its own (which
+    would make the store unreadable: readers refuse mixed settings)."""
+    root = tmp_path / "features"
+    vfeat.extract([str(videos["a.mp4"])], str(root), fps=FPS, workers=0, **tiny_model.extract_kwargs())
+    before = sorted(p.name for p in root.iterdir())
+    with pytest.raises(vfeat.StoreError, match=r"shard-00000\.zarr: store was written with sampling=.*this run uses"):
+        vfeat.extract([str(videos["a.mp4"]), str(videos["sub/b.mp4"])], str(root), fps=FPS * 2, workers=0,
+                      store_format="h5", **tiny_model.extract_kwargs())
+    assert sorted(p.name for p in root.iterdir()) == before
+    with vfeat.open_store(str(root)) as store:
+        assert store.ids == ["a.mp4"] and store.attrs["sampling"]["fps"] == FPS
+
+
 @pytest.mark.parametrize("out, store_format", [("new_dir", "h5"), ("new_dir/feats.h5", None)])
 def test_h5_store_in_a_folder_that_does_not_exist_yet(tmp_path, tiny_model, videos, out, store_format):
     summary = vfeat.extract([str(videos["a.mp4"])], str(tmp_path / out), fps=FPS, workers=0, store_format=store_format,

@@ -132,7 +132,11 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     if len(device_list) > 1:
         from vfeat.engines.multidevice import run_devices
 
-        return run_devices(sources, out, device_list, workers, options, on_start)
+        def settings() -> dict[str, Any]:  # from a CPU copy of the model: the device processes load their own
+            return store_attrs(load_model(model, pretrained, config=model_config, device="cpu", precision=precision,
+                                          **model_options), plan, dtype)
+
+        return run_devices(sources, out, device_list, workers, options, on_start, settings)
     return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
                            on_progress=on_progress, **options)
 
@@ -169,12 +173,14 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     shard = shard_for(out, store_format, rank)
     model_load_s = time.perf_counter() - load_started
     started = time.perf_counter()
-    with ShardWriter(shard, store_attrs(encoder, plan, dtype)) as writer:
+    attrs = store_attrs(encoder, plan, dtype)
+    elsewhere = committed_elsewhere(out, shard, attrs)  # refuses other settings before this shard exists
+    with ShardWriter(shard, attrs) as writer:
         if on_open is None:
             list_shard(out, shard)  # before any commit: a manifest hides the shards it does not list
         else:
             on_open(shard)
-        done = writer.committed | committed_elsewhere(out, shard)
+        done = writer.committed | elsewhere
         todo = [s for s in sources if s.video_id not in done]
         failures: list[Failure] = []
 

@@ -10,13 +10,15 @@ listed), so the videos a run skips are exactly the videos readers see.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vfeat.errors import InputError
 from vfeat.store import fs
 from vfeat.store.backends import open_read
 from vfeat.store.format import shard_kind
 from vfeat.store.reader import MANIFEST, shard_paths
 from vfeat.store.tree import interrupted_creation, read_ids
-from vfeat.store.writer import ShardWriter, commit_shards, journal_dir
+from vfeat.store.writer import ShardWriter, check_compatible, commit_shards, journal_dir
 
 #: Shards the Ray engine names by their videos and commits whole (see vfeat.engines.ray_engine).
 RAY_SHARD_PREFIX = "shard-ray-"
@@ -32,14 +34,18 @@ def shard_for(out: str, store_format: str | None, rank: int = 0) -> str:
     return fs.join(out, f"shard-{rank:05d}.{suffix}")
 
 
-def committed_elsewhere(out: str, own_shard: str) -> set[str]:
-    """Ids already committed in the other shards of a directory store (resume across shards)."""
+def committed_elsewhere(out: str, own_shard: str, attrs: dict[str, Any] | None = None) -> set[str]:
+    """Ids already committed in the other shards of a directory store (resume across shards). With the
+    ``attrs`` this run writes, a shard written with another model, sampling, dtype or preprocessing is
+    refused: its videos are not done for this run, and a store mixing settings cannot be read."""
     if shard_kind(out) is not None or not fs.isdir(out):
         return set()
     done: set[str] = set()
     for path in shard_paths(out):
         if path.rstrip("/") != own_shard.rstrip("/"):
             with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
+                if attrs is not None and not interrupted_creation(tree):
+                    check_compatible(path, dict(tree.attrs), attrs)
                 done.update(read_ids(tree))
     return done
 

@@ -199,7 +199,7 @@ def run_ray(sources: list[VideoSource], out: str, *, model: str, pretrained: str
     model_args = dict(name=model, pretrained=pretrained, config=model_config, device=device, precision=precision, **model_options)
     attrs, resize, one_clip = _from_driver_copy(model_args, plan, dtype)
     committed = _remove_uncommitted(out)
-    done = committed_elsewhere(out, own_shard="")
+    done = committed_elsewhere(out, own_shard="", attrs=attrs)
     todo = [s for s in sources if s.video_id not in done]
     if on_start:
         on_start(len(todo), len(sources) - len(todo))
