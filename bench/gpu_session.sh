@@ -8,7 +8,7 @@
 #              --tiny-clips 100 --long-minutes 0
 #   there: bash bench/gpu_session.sh OUT_DIR        (PyAV, open_clip, zarr as wheels under .whl/ if missing)
 #          STEPS="b32 l14" bash bench/gpu_session.sh OUT_DIR   runs only those steps (names below)
-# Writes gpu_*.json, nvdec.json and logs.tgz (the full logs) into OUT_DIR; prints each table.
+# Writes gpu_*.json, overhead.json, nvdec.json and logs.tgz (the full logs) into OUT_DIR; prints each table.
 set -u
 OUT_DIR=${1:-bench/out/gpu}
 LOG_DIR=$(mktemp -d)
@@ -36,7 +36,7 @@ run() {  # name, seconds, args...
   grep "^\[" "$LOG_DIR/$name.log" | tail -3
   tar czf "$OUT_DIR/logs.tgz" -C "$LOG_DIR" .
 }
-step() { [[ " ${STEPS:-b32 l14 b16 nvdec b32_nvdec small} " == *" $1 "* ]]; }
+step() { [[ " ${STEPS:-b32 l14 b16 overhead nvdec b32_nvdec small} " == *" $1 "* ]]; }
 # VFEAT_DECODE_THREADS=0: FFmpeg's default threads in every decode worker (before the per-worker share)
 step b32_ffmpeg_threads && VFEAT_DECODE_THREADS=0 run gpu_b32_ffmpeg_threads 75 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b32_ffmpeg_threads.json"
 step b32 && run gpu_b32 75 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b32.json"
@@ -45,6 +45,12 @@ step b16 && run gpu_b16 75 bench/extract.py $COMMON --model ViT-B-16 --precision
 step nvdec && run nvdec 110 bench/nvdec.py --corpus gpu_corpus --replicate 30 --mixes "${NVDEC_MIXES:-15+0,0+4,0+8,15+4,8+8}" --out-json "$OUT_DIR/nvdec.json"
 if step b32_nvdec && python3 -c "import json,sys; c=json.load(open('$OUT_DIR/nvdec.json'))['check']; sys.exit(0 if all(v.get('nvdec_works') for v in c.values()) else 1)" 2>/dev/null; then
   run gpu_b32_nvdec 90 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --hwaccel cuda --skip-small-files --out-json "$OUT_DIR/gpu_b32_nvdec.json"
+fi
+if step overhead; then  # the pipeline's own overhead at this core count: a stub model (batches normalised on the GPU)
+  REP=gpu_corpus/full/replicated-${REPLICATE:-60}
+  python3 -c "import sys; sys.path.insert(0, 'bench'); import extract as b; from pathlib import Path; r = Path('gpu_corpus/full'); b.replicate({n: r / n for n in ('short', 'tiny', 'long')}, r, ${REPLICATE:-60})"
+  run overhead 150 bench/overhead.py --workers $(( $(nproc) - 1 )) --decode-threads 1 --rounds 2 --device "${OVERHEAD_DEVICE:-cuda}" \
+      --out-json "$OUT_DIR/overhead.json" $REP/short $REP/tiny $REP/long
 fi
 step small && run gpu_small 80 bench/extract.py $CORPUS --device cuda --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"
 exit 0

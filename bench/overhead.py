@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def child(kind: str, folders: list[str], workers: int, out: str, tree: str) -> None:
+def child(kind: str, folders: list[str], workers: int, out: str, tree: str, device: str = "cpu") -> None:
     """One measurement, in a process whose ``vfeat`` (and its decode workers') is ``tree``'s."""
     sys.path.insert(0, str(HERE))
     import extract as bench
@@ -56,18 +56,19 @@ def child(kind: str, folders: list[str], workers: int, out: str, tree: str) -> N
     else:
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        summary = vfeat.extract(folders, out, encoder=stub_encoder(size=224), fps=1.0, workers=workers, batch_size=256)
+        encoder = stub_encoder(size=224).to(device)  # on a GPU, batches are normalised there, as in a real run
+        summary = vfeat.extract(folders, out, encoder=encoder, fps=1.0, workers=workers, batch_size=256)
         result = {"seconds": time.perf_counter() - started, "frames": summary.frames, "timings": summary.timings}
         shutil.rmtree(out, ignore_errors=True)
     result["vfeat"] = str(Path(vfeat.__file__).parent)  # which tree was measured
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure(tree: Path, kind: str, folders: list[str], workers: int, threads: int) -> dict:
+def measure(tree: Path, kind: str, folders: list[str], workers: int, threads: int, device: str) -> dict:
     env = dict(os.environ, VFEAT_DECODE_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--workers", str(workers),
-               "--out", str(Path(tmp) / "s.zarr"), "--child-tree", str(tree), *folders]
+               "--out", str(Path(tmp) / "s.zarr"), "--child-tree", str(tree), "--device", device, *folders]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="FFmpeg threads per decode process (VFEAT_DECODE_THREADS; default 1: the other core is the "
                         "model process's, as on a GPU machine where 15 one-thread decoders leave it one core)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="where the stub model's batches go (cuda: as on a GPU machine)")
     p.add_argument("--corpus", default=str(HERE / "out" / "corpus"), help="bench/extract.py's --corpus")
     p.add_argument("--replicate", type=int, default=3, help="use each corpus video N times (hard links)")
     p.add_argument("--out-json", default=None)
@@ -92,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child-tree", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.child, args.folders, args.workers, args.out, args.child_tree)
+        child(args.child, args.folders, args.workers, args.out, args.child_tree, args.device)
         return 0
 
-    folders = args.folders
+    folders = [str(Path(f).resolve()) for f in args.folders]  # the children run in a temporary folder
     if not folders:
         sys.path.insert(0, str(HERE))
         import extract as bench
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.rounds):
         for tree in trees:
             for kind in ("decode", "e2e"):
-                r = measure(tree, kind, folders, args.workers, args.decode_threads)
+                r = measure(tree, kind, folders, args.workers, args.decode_threads, args.device)
                 runs[str(tree)][kind].append(r)
                 print(f"[round {k + 1}] {tree.name}: {kind:<6} {r['frames']} frames in {r['seconds']:.2f} s (vfeat from {r['vfeat']})", file=sys.stderr, flush=True)
     print(f"{'tree':<32}{'decode-only s':>15}{'end to end s':>14}{'e2e / decode':>14}   per round")
