@@ -41,16 +41,17 @@ def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource
 def run_devices(sources: list[VideoSource], out: str, devices: list[str], workers: int | None, options: dict[str, Any],
                 on_start: Callable[[int, int], None] | None = None,
                 settings: Callable[[], dict[str, Any]] | None = None):
-    """``settings()``: the store attributes this run writes. Each device process checks the store against
-    its own; when every video is already stored and none starts, they are checked here."""
+    """``settings()``: the store attributes this run writes (from a CPU copy of the model). A store that
+    already holds videos is checked against them here, before anything is reported as done or a device
+    process starts; each device process checks again against its own model."""
     from vfeat.extractor import ExtractSummary
     from vfeat.pipeline import default_workers
     from vfeat.shards import committed_elsewhere, list_shard
 
     done = committed_elsewhere(out, "")
+    if done and settings is not None:  # stored videos are done only if they were stored alike
+        committed_elsewhere(out, "", settings())
     todo = [s for s in sources if s.video_id not in done]
-    if not todo and done and settings is not None:
-        committed_elsewhere(out, "", settings())  # skipping it all is right only if they were stored alike
     if on_start:
         on_start(len(todo), len(sources) - len(todo))
     if not todo:
