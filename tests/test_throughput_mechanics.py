@@ -168,22 +168,30 @@ def _write_parts(shard: str, failed_first: list[int]) -> ShardWriter:
     return writer
 
 
-def test_parts_in_memory_merge_as_one_append_with_the_same_result_as_one_by_one(tmp_path, monkeypatch):
-    """A merge of many parts still in memory appends once (an append's cost hardly depends on its size),
-    and leaves the store a part-by-part replay leaves: same ids in order, rows, failures (a failure
-    followed by a success of the same video is dropped)."""
-    replayed = str(tmp_path / "replayed.zarr")
-    _write_parts(replayed, failed_first=[2])  # killed, no close:: its parts are replayed from disk, one at a time
-    ShardWriter(replayed, _attrs()).close()
+@pytest.mark.parametrize("suffix, join_bytes, appends", [
+    (".zarr", None, [6]),  # parts still in memory at close
+    (".h5", None, [6]),  # parts read back from disk at close
+    (".zarr", 2 * 72, [2, 2, 2, 0]),  # 72 bytes of rows per video: two videos per append, then the last failure
+])
+def test_parts_merge_joined_with_the_same_result_as_one_by_one(tmp_path, monkeypatch, suffix, join_bytes, appends):
+    """Parts merge in few appends (an append's cost hardly depends on its size), up to JOIN_BYTES of rows
+    each, and leave the store that appending them one by one leaves: same ids in order, rows, timestamps,
+    failures (a failure followed by a success of the same video is dropped)."""
+    one_by_one = str(tmp_path / f"one_by_one{suffix}")
+    monkeypatch.setattr(writer_module, "JOIN_BYTES", 0)
+    _write_parts(one_by_one, failed_first=[2]).close()
+    monkeypatch.undo()
 
-    appends = []
+    seen = []
     real_append = writer_module.append
-    monkeypatch.setattr(writer_module, "append", lambda tree, batch: appends.append(len(batch.videos)) or real_append(tree, batch))
-    joined = str(tmp_path / "joined.zarr")
+    monkeypatch.setattr(writer_module, "append", lambda tree, batch: seen.append(len(batch.videos)) or real_append(tree, batch))
+    if join_bytes is not None:
+        monkeypatch.setattr(writer_module, "JOIN_BYTES", join_bytes)
+    joined = str(tmp_path / f"joined{suffix}")
     _write_parts(joined, failed_first=[2]).close()
-    assert appends == [6]
+    assert seen == appends
 
-    with vfeat.open_store(replayed) as a, vfeat.open_store(joined) as b:
+    with vfeat.open_store(one_by_one) as a, vfeat.open_store(joined) as b:
         assert a.ids == b.ids == [f"v{i}.mp4" for i in range(6)]
         for vid in a.ids:
             np.testing.assert_array_equal(a[vid][0], b[vid][0])
