@@ -621,7 +621,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-minutes", type=float, default=None,
                    help="length of the 720p video of the memory case, at native 25 fps (default 10; --quick 0.2; 0 skips)")
     p.add_argument("--rss-batch-size", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=None, help="interleaved rounds of decode/model/end to end (default 2; --quick 1)")
+    p.add_argument("--repeat", type=int, default=None, help="interleaved rounds of decode/model/end to end (default 3, so that one disturbed round does not set the median; --quick 1)")
     p.add_argument("--wait-idle", type=float, default=0, metavar="S",
                    help="before each measurement, wait up to S seconds for other processes to leave the CPU idle")
     p.add_argument("--no-skip", action="store_true",
@@ -648,7 +648,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.repeat is None:
-        args.repeat = 1 if args.quick else 2
+        args.repeat = 1 if args.quick else 3
     global WAIT_IDLE_S
     WAIT_IDLE_S = args.wait_idle
     logging_quiet()
