@@ -3,6 +3,7 @@ device processes (the same code path as cuda:0,cuda:1)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -45,6 +46,32 @@ def test_two_device_processes_equal_one(tmp_path, repo_root):
             np.testing.assert_allclose(one[vid][0].astype(np.float32), many[vid][0].astype(np.float32), atol=1e-3)
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "multi"), "--devices", "cpu,cpu"])
     assert again.exit_code == 0 and "0 stored" in again.output and "5 already in the store" in again.output
+
+
+def test_device_processes_report_progress_after_each_video(tmp_path, repo_root, capsys):
+    """A multi-GPU run is the longest kind: the parent hears of every video any device process finishes and
+    passes the totals over all of them to ``on_progress`` (before, the bar stood at 0 until the end). What a
+    device process prints (a failed video's line) comes out of the parent's stderr, where the CLI's progress
+    bar puts it above the bar (before, it went straight to the terminal, into the middle of the bar)."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(4):
+        make_video(folder, f"v{i}.mp4", duration=1.0 + 0.5 * i, fps=10)
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    calls = []
+    summary = vfeat.extract([str(folder)], str(tmp_path / "store"), model="vfeat-tiny-vit", pretrained="none",
+                            model_config=str(repo_root / "tests" / "data" / "vfeat-tiny-vit.json"), fps=2, workers=0,
+                            devices="cpu,cpu", on_progress=lambda stats, frames: calls.append((copy.copy(stats), frames)))
+    assert summary.videos_ok == 4 and summary.videos_failed == 1
+    assert len(calls) == 5  # one call per finished video, failures included
+    done = [stats.videos_ok + stats.videos_failed for stats, _ in calls]
+    assert done == [1, 2, 3, 4, 5]  # totals over both processes, growing by one video a call
+    last = calls[-1][0]
+    assert (last.videos_ok, last.videos_failed, last.frames) == (4, 1, summary.frames)
+    assert sum(frames for _, frames in calls) == summary.frames  # each call's new frames add up to the store's
+    assert last.video_seconds == pytest.approx(1.0 + 1.5 + 2.0 + 2.5, abs=1e-6)
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vfeat: skipped")]
+    assert len(skipped) == 1 and "broken.mp4" in skipped[0] and "not a video file" in skipped[0]
 
 
 def test_devices_need_a_directory_store(tmp_path, repo_root):

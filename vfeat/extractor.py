@@ -93,6 +93,8 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     ``shard_size`` and ``ray_workers`` apply to it only (see docs/scale.md).
     ``hwaccel="cuda"``: ``hwaccel_workers`` more decode processes (default 4) decode on the GPU's video
     decoder (NVDEC) beside the ``workers`` CPU ones; the frames are the same (docs/performance.md).
+    ``on_start(todo, already_stored)`` runs once the work is known; ``on_progress(stats, frames)`` after each
+    finished video, with the run's totals so far (over all device processes or Ray actors) and its frames.
     Returns an :class:`ExtractSummary`; per-video failures are recorded in the store, not raised.
     """
     if engine not in ENGINES:
@@ -136,7 +138,7 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
             return store_attrs(load_model(model, pretrained, config=model_config, device="cpu", precision=precision,
                                           **model_options), plan, dtype)
 
-        return run_devices(sources, out, device_list, workers, options, on_start, settings)
+        return run_devices(sources, out, device_list, workers, options, on_start, settings, on_progress)
     return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
                            on_progress=on_progress, **options)
 

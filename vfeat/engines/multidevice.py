@@ -1,13 +1,17 @@
 """Several model processes on one machine (one per GPU): the videos still to do are dealt round-robin,
 and each process runs the single-device pipeline into its own shard ``shard-<rank>`` of the directory
 store. Shards never share a video, so the directory is one dataset to every reader. Only the parent
-writes ``manifest.json``: a device process that opens its shard waits until the parent has listed it."""
+writes ``manifest.json``: a device process that opens its shard waits until the parent has listed it.
+Each device process reports every finished video, and sends what it would print on stderr, to the parent,
+which shows the progress of all of them with those lines above its progress bar."""
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing as mp
 import queue
+import sys
 import traceback
 from typing import Any, Callable
 
@@ -15,13 +19,39 @@ from vfeat.errors import VfeatError
 from vfeat.sources import VideoSource
 
 
+class _LinesToParent(io.TextIOBase):
+    """A device process's stderr: whole lines go to the parent ("say" messages), which prints them on its
+    own stderr. Written straight to the terminal, they would land in the middle of the parent's progress bar
+    (and a test runner capturing the parent's stderr would miss them)."""
+
+    def __init__(self, results: Any) -> None:
+        self.results, self.pending = results, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.results.put(("say", line))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.results.put(("say", self.pending))
+            self.pending = ""
+
+
 def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource], out: str, device: str,
                  workers: int | None, options: dict[str, Any], log_level: int) -> None:
     import logging
 
+    from vfeat._log import show_warnings
     from vfeat.extractor import extract_sources
 
     logging.getLogger().setLevel(log_level)  # spawned processes start with default logging
+    sys.stderr = _LinesToParent(results)
+    show_warnings()
 
     def opened(shard: str) -> None:  # the parent lists the shard; nothing is committed in it before
         results.put(("opened", rank, shard))
@@ -29,23 +59,31 @@ def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource
             if not mp.parent_process().is_alive():  # type: ignore[union-attr]
                 raise VfeatError(f"device {device}: the parent process is gone")
 
+    def progress(stats: Any, frames: int) -> None:  # this process's running totals, after each video
+        results.put(("progress", rank, (stats.videos_ok, stats.videos_failed, stats.frames, stats.video_seconds), frames))
+
     try:
-        summary = extract_sources(sources, out, device=device, workers=workers, rank=rank, on_open=opened, **options)
-        results.put(("done", rank, summary, None))
+        summary = extract_sources(sources, out, device=device, workers=workers, rank=rank, on_open=opened,
+                                  on_progress=progress, **options)
+        outcome = ("done", rank, summary, None)
     except VfeatError as exc:
-        results.put(("done", rank, None, str(exc)))
+        outcome = ("done", rank, None, str(exc))
     except Exception:  # report, do not hang the parent
-        results.put(("done", rank, None, f"{device}: {traceback.format_exc(limit=3)}"))
+        outcome = ("done", rank, None, f"{device}: {traceback.format_exc(limit=3)}")
+    sys.stderr.flush()  # the last line before "done": the parent stops reading this process after it
+    results.put(outcome)
 
 
 def run_devices(sources: list[VideoSource], out: str, devices: list[str], workers: int | None, options: dict[str, Any],
                 on_start: Callable[[int, int], None] | None = None,
-                settings: Callable[[], dict[str, Any]] | None = None):
+                settings: Callable[[], dict[str, Any]] | None = None,
+                on_progress: Callable[[Any, int], None] | None = None):
     """``settings()``: the store attributes this run writes (from a CPU copy of the model). A store that
     already holds videos is checked against them here, before anything is reported as done or a device
-    process starts; each device process checks again against its own model."""
+    process starts; each device process checks again against its own model. ``on_progress(stats, frames)``
+    gets the totals over all device processes after each video any of them finishes."""
     from vfeat.extractor import ExtractSummary
-    from vfeat.pipeline import default_workers
+    from vfeat.pipeline import RunStats, default_workers
     from vfeat.shards import committed_elsewhere, list_shard
 
     done = committed_elsewhere(out, "")
@@ -69,6 +107,7 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
         proc.start()
         procs.append(proc)
     summaries, errors, pending = [], [], set(range(len(procs)))
+    totals: dict[int, tuple] = {}  # rank -> (videos_ok, videos_failed, frames, video_seconds) so far
     while pending:
         try:
             message = results.get(timeout=1.0)
@@ -83,6 +122,15 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
             _, rank, shard = message
             list_shard(out, shard)
             listed[rank].set()
+            continue
+        if message[0] == "say":
+            print(message[1], file=sys.stderr)
+            continue
+        if message[0] == "progress":
+            _, rank, totals[rank], frames = message
+            if on_progress:
+                ok, failed, stored, seconds = (sum(values) for values in zip(*totals.values()))
+                on_progress(RunStats(videos_ok=ok, videos_failed=failed, frames=stored, video_seconds=seconds), frames)
             continue
         _, rank, summary, error = message
         pending.discard(rank)
