@@ -39,7 +39,7 @@ class ExtractSummary:
     #: Total duration of the videos stored by this run: ``video_seconds / seconds`` is the speed against real time.
     video_seconds: float = 0.0
     #: Where the time went (seconds): loading the model, the model waiting for decoded frames, the model, and
-    #: the last merge into the store after the last video.
+    #: the last merge into the store after the last video (with ``devices``: in the slowest device process).
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -144,4 +144,6 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
         videos_ok=sum(s.videos_ok for s in summaries), videos_failed=sum(s.videos_failed for s in summaries),
         frames=sum(s.frames for s in summaries), seconds=max((s.seconds for s in summaries), default=0.0),
         failures=[f for s in summaries for f in s.failures], video_seconds=sum(s.video_seconds for s in summaries),
+        # where the time went in the device process that finished last: it sets the run's wall time
+        timings=dict(max(summaries, key=lambda s: s.seconds).timings) if summaries else {},
     )
