@@ -59,7 +59,8 @@ def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource
             if not mp.parent_process().is_alive():  # type: ignore[union-attr]
                 raise VfeatError(f"device {device}: the parent process is gone")
 
-    def progress(stats: Any, frames: int) -> None:  # this process's running totals, after each video
+    def progress(stats: Any, frames: int) -> None:  # this process's running totals, after each video, as a
+        # snapshot: the queue pickles what it is given later, in its feeder thread, and ``stats`` keeps changing
         results.put(("progress", rank, (stats.videos_ok, stats.videos_failed, stats.frames, stats.video_seconds), frames))
 
     try:
