@@ -21,12 +21,10 @@ def export_store(store_path: str, dest: str, to: str = "npy") -> int:
     root = Path(dest)
     count = 0
     with open_store(store_path) as store:
-        fps_by_id = dict(zip(store.videos()["id"], store.videos()["fps"]))
-        for video_id in store.ids:
-            if store.has_frames:
-                features, stamps = store[video_id]
-            else:
-                features, stamps, _ = store.clips(video_id)
+        table = store.videos()
+        fps_by_id = dict(zip(table["id"], table["fps"]))
+        # rows streamed in large reads (per frame, or per clip with its start time), not a read per video
+        for video_id, features, stamps in store.iter_rows("features" if store.has_frames else "clips/features"):
             rel = PurePosixPath(video_id)
             folder = root.joinpath(*rel.parent.parts)
             folder.mkdir(parents=True, exist_ok=True)

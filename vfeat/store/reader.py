@@ -99,15 +99,25 @@ class Store:
     def num_frames(self) -> int:
         return int(sum(s.offsets[-1] for s in self._shards)) if self.has_frames else 0
 
+    @property
+    def num_clips(self) -> int:
+        """Clips of the videos in :attr:`ids`, counted from the clip offsets (no features are read)."""
+        counts = [np.diff(s.clip_offsets) if s.clip_offsets is not None else np.zeros(len(s.ids), np.int64)
+                  for s in self._shards]
+        return int(sum(counts[shard_no][index] for shard_no, index in self._where.values()))
+
     def videos(self) -> dict[str, np.ndarray]:
-        """Per-video table (columns of ``videos/*``) in :attr:`ids` order."""
-        columns: dict[str, list] = {name.split("/", 1)[1]: [] for name in VIDEO_ARRAYS}
-        for video_id in self._where:
-            shard_no, index = self._where[video_id]
-            shard = self._shards[shard_no]
-            for name in VIDEO_ARRAYS:
-                columns[name.split("/", 1)[1]].append(shard.tree.read(name, index, index + 1)[0])
-        return {k: np.asarray(v, dtype=object if k in ("id", "path") else None) for k, v in columns.items()}
+        """Per-video table (columns of ``videos/*``) in :attr:`ids` order. Each column is read whole, once
+        per shard: a read per video and column took 1.6 ms, 4.8 minutes for 20,000 videos."""
+        where = np.asarray(list(self._where.values()), np.int64).reshape(-1, 2)  # (shard, index) of each id
+        first_row = np.cumsum([0] + [len(s.ids) for s in self._shards])  # of each shard in a joined column
+        rows = first_row[where[:, 0]] + where[:, 1]
+        table = {}
+        for name in VIDEO_ARRAYS:
+            column = np.concatenate([np.asarray(s.tree.read(name, 0, len(s.ids))) for s in self._shards])[rows]
+            key = name.split("/", 1)[1]
+            table[key] = column.astype(object) if key in ("id", "path") else column
+        return table
 
     def failures(self) -> list[Failure]:
         """Videos that failed and are not stored, one record each (a video retried and failed again in a
@@ -148,7 +158,7 @@ class Store:
     def iter_rows(self, name: str = "features", chunk_rows: int = 65536) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """Stream ``(video_id, rows, timestamps_ms or None)`` video by video, reading shards in large
         chunks (bounded memory for stores larger than RAM)."""
-        for shard in self._shards:
+        for shard_no, shard in enumerate(self._shards):
             offsets = shard.offsets if name == "features" else shard.clip_offsets
             if offsets is None:
                 continue
@@ -164,7 +174,7 @@ class Store:
                 stamps = shard.tree.read("timestamps_ms", lo, hi) if name == "features" else shard.tree.read("clips/start_ms", lo, hi)
                 for v in range(video, last):
                     a, b = int(offsets[v]) - lo, int(offsets[v + 1]) - lo
-                    if shard.ids[v] in self._where and self._where[shard.ids[v]][0] == self._shards.index(shard):
+                    if self._where.get(shard.ids[v], (None,))[0] == shard_no:  # a video stored twice: its first copy
                         yield shard.ids[v], rows[a:b], stamps[a:b]
                 video = last
 

@@ -23,14 +23,11 @@ def describe(path: str) -> dict[str, Any]:
     with open_store(path) as store:
         attrs = store.attrs
         model = attrs.get("model", {})
-        clips = 0
-        if store.has_clips:
-            clips = sum(len(store.clips(v)[0]) for v in store.ids)
         return {
             "path": path,
             "videos": len(store),
             "frames": store.num_frames,
-            "clips": clips,
+            "clips": store.num_clips if store.has_clips else 0,
             "embed_dim": attrs.get("embed_dim"),
             "dtype": attrs.get("dtype"),
             "model": model.get("name"),
