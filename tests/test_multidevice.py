@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import vfeat
@@ -264,3 +265,33 @@ def test_devices_refuse_a_store_written_with_other_settings(tmp_path, repo_root,
     assert sorted(p.name for p in out.iterdir()) == shards
     with vfeat.open_store(str(out)) as store:
         assert sorted(store.ids) == sorted(p.name for p in map(Path, first)) and store.attrs["sampling"]["fps"] == 2.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_devices_without_the_gpus_are_refused_before_any_process_starts(tmp_path, repo_root):
+    """One line naming --devices and the first missing device, exit 2, no store; before, two device processes
+    started and each reported its own '--device cuda:N' failure, joined into one line."""
+    make_video(tmp_path, "a.mp4", duration=1.0, fps=10)
+    result = runner.invoke(app, ["extract", str(tmp_path / "a.mp4"), "--fps", "1", "--no-progress", *_tiny(repo_root),
+                                 "--out", str(tmp_path / "store"), "--devices", "cuda:0,cuda:1"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "vfeat: error: --devices cuda:0: no CUDA GPU is available on this machine."
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_gpu_number_the_machine_does_not_have_is_refused(monkeypatch):
+    """cuda:N past the last GPU fails early with the GPUs there are (torch would fail later, deep in the first
+    tensor moved there). Two GPUs are simulated; nothing is moved to them."""
+    from vfeat.extractor import parse_devices
+    from vfeat.models.factory import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert parse_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"]
+    with pytest.raises(InputError, match=r"^--device cuda:2: this machine has 2 CUDA GPU\(s\), cuda:0 to cuda:1\.$"):
+        resolve_device("cuda:2")
+    with pytest.raises(InputError, match=r"^--devices cuda:7: this machine has 2 CUDA GPU\(s\), cuda:0 to cuda:1\.$"):
+        parse_devices("cuda:0,cuda:7")
+    with pytest.raises(InputError, match=r"^Invalid --devices \(gpu0\)\. Use auto, cpu, cuda or cuda:N\.$"):
+        parse_devices("cuda:0,gpu0")

@@ -14,7 +14,7 @@ from vfeat import __version__
 from vfeat.decode import check_hwaccel
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
-from vfeat.models.factory import load_model
+from vfeat.models.factory import load_model, resolve_device
 from vfeat.pipeline import RunStats, check_plan, run
 from vfeat.sampling import SamplingPlan
 from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for
@@ -144,7 +144,7 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
 
 
 def parse_devices(devices: str) -> list[str]:
-    """``cuda:0,cuda:1`` / ``all`` (every visible GPU) -> device names."""
+    """``cuda:0,cuda:1`` / ``all`` (every visible GPU) -> device names, each one checked to exist."""
     import torch
 
     if devices.strip() == "all":
@@ -155,6 +155,8 @@ def parse_devices(devices: str) -> list[str]:
     names = [d.strip() for d in devices.split(",") if d.strip()]
     if not names:
         raise InputError(f"Invalid --devices ({devices!r}). Use e.g. cuda:0,cuda:1 or all.")
+    for name in names:  # here, once, rather than in every device process after it started
+        resolve_device(name, flag="--devices")
     return names
 
 

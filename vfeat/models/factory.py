@@ -17,16 +17,21 @@ FAMILIES = {"clip_vip": "vfeat.models.clip_vip", "open_vclip": "vfeat.models.ope
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the first GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
+def resolve_device(device: str, flag: str = "--device") -> torch.device:
+    """``auto`` -> the first GPU when there is one, else the CPU; ``cuda`` without a GPU, or a GPU number
+    the machine does not have, is an error naming ``flag``."""
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise InputError(f"Invalid --device ({device}). Use auto, cpu, cuda or cuda:N.") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA GPU is available on this machine.")
+        raise InputError(f"Invalid {flag} ({device}). Use auto, cpu, cuda or cuda:N.") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{flag} {device}: no CUDA GPU is available on this machine.")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise InputError(f"{flag} {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}.")
     return resolved
 
 
