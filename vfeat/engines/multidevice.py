@@ -44,8 +44,6 @@ class _LinesToParent(io.TextIOBase):
 
 def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource], out: str, device: str,
                  workers: int | None, options: dict[str, Any], log_level: int) -> None:
-    import logging
-
     from vfeat._log import show_warnings
     from vfeat.extractor import extract_sources
 

@@ -27,7 +27,7 @@ def describe(path: str) -> dict[str, Any]:
             "path": path,
             "videos": len(store),
             "frames": store.num_frames,
-            "clips": store.num_clips if store.has_clips else 0,
+            "clips": store.num_clips,
             "embed_dim": attrs.get("embed_dim"),
             "dtype": attrs.get("dtype"),
             "model": model.get("name"),
