@@ -4,6 +4,7 @@ the frames, the store, the errors.
 - decode workers: FFmpeg threads per worker (``VFEAT_DECODE_THREADS``) and hardware decoding
   (``--hwaccel`` / ``VFEAT_HWACCEL``) give the same frames;
 - the frame budget between decode workers and the model process cannot deadlock, whatever its size;
+- model batches mix videos, and drop a video that fails midway without losing the others;
 - the shard writer commits journal parts from a writer thread and merges Zarr parts at most every
   ``merge_seconds``: what was added is in the store after close, parts are replayed after a crash, and a
   failure in the writer thread reaches the caller.
@@ -27,8 +28,11 @@ from vfeat import decode
 from vfeat.cli import app
 from vfeat.decode import Resize, decode_selected, probe
 from vfeat.errors import InputError
-from vfeat.pipeline import RunStats, _messages_from_workers
+from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEncoder
+from vfeat.pipeline import RunStats, _messages_from_workers, encode_videos
 from vfeat.sampling import SamplingPlan
+from vfeat.sources import VideoSource
+from vfeat.store import spool
 from vfeat.store import writer as writer_module
 from vfeat.store.format import Failure, VideoRecord
 from vfeat.store.writer import ShardWriter, journal_dir
@@ -118,6 +122,76 @@ def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget):
         assert [r for r, _ in got[job]] == [r for r, _ in expected]
         for (_, a), (_, b) in zip(got[job], expected):
             np.testing.assert_array_equal(a, b)
+
+
+# -- the model batches ---------------------------------------------------------------------------------
+
+class ChannelMeans(VideoEncoder):
+    """A frame's embedding is its three normalised channel means: checkable with numpy, and it remembers
+    the batch sizes it was given."""
+
+    frame_level = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.embed_dim = 3
+        self.preprocess = Preprocess(8, OPENAI_MEAN, OPENAI_STD)
+        self.identity = ModelIdentity("channel-means", "none")
+        self.batches: list[int] = []
+
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(pixels))
+        return pixels.float().mean(dim=(2, 3))
+
+
+def _expected_means(pixels: np.ndarray) -> np.ndarray:
+    mean, std = np.array(OPENAI_MEAN) * 255.0, np.array(OPENAI_STD) * 255.0
+    return ((pixels.astype(np.float64) - mean) / std).mean(axis=(1, 2))
+
+
+def _video_messages(job: int, frames: np.ndarray, chunk: int = 4) -> list[tuple]:
+    info = {"fps": 25.0, "duration_s": len(frames) / 25, "width": 8, "height": 8, "num_frames": len(frames),
+            "start_time_s": 0.0, "rotation": 0}
+    messages = [("video", job, info, np.arange(len(frames)) * 40.0, [])]
+    for start in range(0, len(frames), chunk):
+        messages.append(("frames", job, [[row] for row in range(start, min(start + chunk, len(frames)))], frames[start:start + chunk]))
+    return messages + [("done", job)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_batches_across_videos_give_every_frame_its_own_embedding(batch_size):
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for n in (5, 1, 9, 2)]
+    messages = [m for job, frames in enumerate(videos) for m in _video_messages(job, frames)]
+    sources = [VideoSource(f"v{i}.mp4", f"/videos/v{i}.mp4") for i in range(len(videos))]
+    encoder, stats = ChannelMeans(), RunStats()
+    records = list(encode_videos(messages, sources, encoder, SamplingPlan(), batch_size=batch_size, storage_dtype="float32", stats=stats))
+    assert sorted(r.video_id for r in records) == [s.video_id for s in sources]
+    for record in records:
+        frames = videos[int(record.video_id[1:-4])]
+        np.testing.assert_allclose(record.features, _expected_means(frames), rtol=1e-5, atol=1e-5)
+    assert sum(encoder.batches) == sum(len(v) for v in videos)
+    assert max(encoder.batches) < batch_size + 4  # a batch runs once it is full: at most one message over
+    assert stats.model_s > 0
+
+
+def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):
+    """A long video (its rows spooled to a file) fails after some of its frames were batched: its spool
+    file is gone, the batch still runs for the other videos, and the failure is reported."""
+    monkeypatch.setenv("VFEAT_ROWS_IN_MEMORY_MB", str(1 / 1024))
+    monkeypatch.setattr(spool, "BLOCK_ROWS", 8)
+    rng = np.random.default_rng(2)
+    long_frames, short_frames = rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8), rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    failing = _video_messages(0, long_frames)[:6] + [("error", 0, "/videos/long.mp4: truncated")]  # 20 of 200 frames
+    messages = failing + _video_messages(1, short_frames)
+    sources = [VideoSource("long.mp4", "/videos/long.mp4"), VideoSource("short.mp4", "/videos/short.mp4")]
+    results = list(encode_videos(messages, sources, ChannelMeans(), SamplingPlan(), batch_size=64, storage_dtype="float32",
+                                 spool_dir=str(tmp_path)))
+    assert [type(r).__name__ for r in results] == ["Failure", "VideoRecord"]
+    assert results[0].error == "/videos/long.mp4: truncated"
+    np.testing.assert_allclose(results[1].features, _expected_means(short_frames), rtol=1e-5, atol=1e-5)
+    assert list(tmp_path.iterdir()) == []  # the failed video's spool file is gone
 
 
 # -- the shard writer ----------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class _Video:
     decoded: bool = False
     pixels: dict[int, np.ndarray] = field(default_factory=dict)  # clip models: rows waiting for their clip
     next_clip: int = 0
+    failed: bool = False  # decoding failed midway: rows of it still in a batch are dropped, not written
 
 
 @dataclass
@@ -120,9 +121,10 @@ class Batcher:
             out = self.encoder.encode_frames(self._normalise(pixels)).float().cpu().numpy()
             at = 0
             for video, rows_per_frame, frames in units:
-                for i, rows in enumerate(rows_per_frame):
-                    video.frame_features[rows] = out[at + i]  # type: ignore[index]
-                    video.rows_encoded += len(rows)
+                if not video.failed:
+                    for i, rows in enumerate(rows_per_frame):
+                        video.frame_features[rows] = out[at + i]  # type: ignore[index]
+                        video.rows_encoded += len(rows)
                 at += len(frames)
             return
         clips = np.stack([u[2] for u in units])  # [B, T, S, S, 3]
@@ -131,6 +133,8 @@ class Batcher:
         clip_out = result.clips.float().cpu().numpy()
         frame_out = None if result.frames is None else result.frames.float().cpu().numpy()
         for i, (video, clip_index, _) in enumerate(units):
+            if video.failed:
+                continue
             video.clip_features[clip_index] = clip_out[i]  # type: ignore[index]
             video.clips_encoded += 1
             rows = video.clip_rows[clip_index]
@@ -159,7 +163,11 @@ def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.
 
 
 def _discard(video: _Video | None) -> None:
-    if video is not None and video.frame_features is not None:
+    """Drop a video that will not be stored; its rows still in a batch are then not written."""
+    if video is None:
+        return
+    video.failed = True
+    if video.frame_features is not None:
         video.frame_features.discard()
 
 
