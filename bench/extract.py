@@ -637,6 +637,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hwaccel", default=None, help="also decode on the GPU's decoder (cuda: NVDEC), as vfeat extract --hwaccel")
     p.add_argument("--hwaccel-workers", type=int, default=None, help="with --hwaccel: GPU decode processes (default vfeat's, 4)")
     p.add_argument("--skip-small-files", action="store_true", help="skip the many-small-files runs")
+    p.add_argument("--clips-only", action="store_true",
+                   help="measure on the 320x240 clips only, without the 720p videos: at --fps 25 (every frame) a GPU "
+                        "machine's decoders outrun a large model, the model-bound case")
     p.add_argument("--out-json", default=None)
     # internal: the memory case runs in a fresh process
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
@@ -679,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.small_files_only:
         return small_files_only(args, spec, dirs, info, run_dir, argv)
 
-    short, long_ = videos_in(dirs["short"]), videos_in(dirs["long"])
+    short, long_ = videos_in(dirs["short"]), [] if args.clips_only else videos_in(dirs["long"])
+    folders = [str(dirs["short"])] + ([] if args.clips_only else [str(dirs["long"])])
     corpus = short + long_
     encoder = load_model(args.model, "none", device=args.device, precision=args.precision)
     resize = decode_resize(encoder)
@@ -702,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"round {k + 1}/{args.repeat}: decode-only ({len(corpus)} videos, {workers} worker process(es)), model-only, end to end")
         one = {"decode": measured(decode_only, corpus, plan, resize, workers, args.hwaccel, hw)}
         one["model"] = measured(model_only, encoder, args.batch_size, one["decode"]["rows"])
-        one["e2e"] = measured(end_to_end, [str(dirs["short"]), str(dirs["long"])], e2e_store, args, encoder=encoder)
+        one["e2e"] = measured(end_to_end, folders, e2e_store, args, encoder=encoder)
         d, m, e = one["decode"]["fps"], one["model"]["fps"], one["e2e"]["fps"]
         one["bound_serial"] = 1.0 / (1.0 / d + 1.0 / m)
         one["ratio_to_bound"] = e / one["bound_serial"]
@@ -712,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"WARNING: end to end stored {one['e2e']['frames']} rows, decode-only produced {one['decode']['rows']}")
         rounds.append(one)
     r["rounds"] = rounds
-    r["decode_long"] = measured(decode_only, long_, plan, resize, workers, args.hwaccel, hw)
+    if long_:
+        r["decode_long"] = measured(decode_only, long_, plan, resize, workers, args.hwaccel, hw)
     summarise(r)
 
     # 2. the older extractors' way
@@ -828,7 +833,8 @@ def report(r: dict) -> str:
         + (f" + {s['hwaccel_workers']} on {s['hwaccel']} (GPU decoder)" if s.get("hwaccel") else "")
         + f", decoder: {s.get('decoder', 'vfeat')}",
         f"corpus: {c0['short_clips']} clips 320x240 {c0['short_seconds'][0]:g}-{c0['short_seconds'][1]:g} s "
-        f"+ {c0['long_videos']} x {c0['long_seconds']:g} s 720p H.264 = {r['decode']['rows']} sampled frames"
+        + (f"+ {c0['long_videos']} x {c0['long_seconds']:g} s 720p H.264" if c0["long_videos"] else "(--clips-only: no 720p)")
+        + f" = {r['decode']['rows']} sampled frames"
         + (f" (each video {c0['replicate']} times)" if c0.get("replicate", 1) > 1 else ""),
         f"command: {r['command']}",
         "",
@@ -839,12 +845,13 @@ def report(r: dict) -> str:
     def row(name: str, value: str, load: float | None = None) -> None:
         lines.append(f"{name:<60}{value:>13}{'' if load is None else f'{load:.0%}':>12}")
 
-    dec, dl = r["decode"], r["decode_long"]
+    dec, dl = r["decode"], r.get("decode_long")
     n, chosen = len(r["rounds"]), r.get("headline_rounds", [1])
     med = "" if n == 1 else (f" (round {chosen[0]} of {n})" if len(chosen) == 1 else f" (median of rounds {','.join(map(str, chosen))})")
     row(f"decode-only, whole corpus, frames/s{med}", f"{dec['fps']:.1f}", dec["other_load"])
     row("  distinct frames decoded and resized per s", f"{dec['decoded_fps']:.1f}")
-    row("decode-only, the 720p videos only, frames/s", f"{dl['fps']:.1f}", dl["other_load"])
+    if dl:
+        row("decode-only, the 720p videos only, frames/s", f"{dl['fps']:.1f}", dl["other_load"])
     row(f"model-only, encode_frames, frames/s{med}", f"{r['model']['fps']:.1f}", r["model"]["other_load"])
     row("bound, serial 1/(1/decode + 1/model)  [the issue's target]", f"{r['bound_serial']:.1f}")
     row("bound, overlapped min(decode, model)", f"{r['bound_overlapped']:.1f}")
@@ -899,7 +906,9 @@ def report(r: dict) -> str:
         verdicts.append(f"peak RSS {r['memory']['peak_tree_rss_mb']:.0f} MB ({'meets' if ok else 'MISSES'} < 3072 MB)")
     if s["device"].startswith("cuda"):
         ok = r["ratio_to_overlapped"] >= 0.9
-        verdicts.append(f"end to end / min(decode, model) {r['ratio_to_overlapped']:.2f} ({'meets' if ok else 'MISSES'} >= 0.9)")
+        bound = "model" if r["model"]["fps"] < r["decode"]["fps"] else "decode"
+        verdicts.append(f"end to end / min(decode, model) {r['ratio_to_overlapped']:.2f}, {bound}-bound "
+                        f"({'meets' if ok else 'MISSES'} >= 0.9)")
     small = [k for k in ("small_short", "small_tiny") if k in r]
     if small:
         starts = s["decode_workers"] + s.get("hwaccel_workers", 0)

@@ -4,7 +4,8 @@ the frames, the store, the errors.
 - decode workers: FFmpeg threads per worker (``VFEAT_DECODE_THREADS``) and hardware decoding
   (``--hwaccel`` / ``VFEAT_HWACCEL``) give the same frames;
 - the frame budget between decode workers and the model process cannot deadlock, whatever its size;
-- model batches mix videos, and drop a video that fails midway without losing the others;
+- model batches mix videos (frames and clips), keep one batch in flight on a GPU (checked in the GPU's
+  order of events on the CPU), and drop a video that fails midway without losing the others;
 - the shard writer commits journal parts from a writer thread and merges Zarr parts at most every
   ``merge_seconds``: what was added is in the store after close, parts are replayed after a crash, and a
   failure in the writer thread reaches the caller.
@@ -28,13 +29,14 @@ from vfeat import decode
 from vfeat.cli import app
 from vfeat.decode import Resize, decode_selected, probe
 from vfeat.errors import InputError
-from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEncoder
-from vfeat.pipeline import RunStats, _messages_from_workers, encode_videos
+from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
+from vfeat.pipeline import Batcher, RunStats, _messages_from_workers, _Video, encode_videos
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
 from vfeat.store import spool
 from vfeat.store import writer as writer_module
 from vfeat.store.format import Failure, VideoRecord
+from vfeat.store.spool import RowBuffer
 from vfeat.store.writer import ShardWriter, journal_dir
 from vfeat.workers import decode_job
 
@@ -159,8 +161,10 @@ def _video_messages(job: int, frames: np.ndarray, chunk: int = 4) -> list[tuple]
     return messages + [("done", job)]
 
 
+@pytest.mark.parametrize("in_flight", [False, True], ids=["cpu", "gpu-order"])
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_batches_across_videos_give_every_frame_its_own_embedding(batch_size):
+def test_batches_across_videos_give_every_frame_its_own_embedding(batch_size, in_flight, monkeypatch):
+    monkeypatch.setattr(Batcher, "in_flight_on_cpu", in_flight)
     rng = np.random.default_rng(0)
     videos = [rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for n in (5, 1, 9, 2)]
     messages = [m for job, frames in enumerate(videos) for m in _video_messages(job, frames)]
@@ -174,6 +178,86 @@ def test_batches_across_videos_give_every_frame_its_own_embedding(batch_size):
     assert sum(encoder.batches) == sum(len(v) for v in videos)
     assert max(encoder.batches) < batch_size + 4  # a batch runs once it is full: at most one message over
     assert stats.model_s > 0
+
+
+def _batcher_and_video(frames: np.ndarray) -> tuple[Batcher, _Video]:
+    batcher = Batcher(ChannelMeans(), batch_size=2, device=torch.device("cpu"), dtype=torch.float32)
+    video = _Video(VideoSource("v.mp4", "/v.mp4"), {}, np.arange(len(frames)) * 40.0, [], frame_features=RowBuffer(len(frames), 3, np.float32))
+    return batcher, video
+
+
+def test_one_batch_stays_in_flight_on_a_gpu_until_the_next_is_queued(monkeypatch):
+    """The host gathers batch N+1 while the GPU computes batch N: a batch's outputs are handed out when
+    the next batch is queued (or at the end), not when it is queued itself. Checked in the GPU's order of
+    events on the CPU."""
+    monkeypatch.setattr(Batcher, "in_flight_on_cpu", True)
+    frames = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    batcher, video = _batcher_and_video(frames)
+    batcher.add(video, [[0], [1]], frames[:2])
+    assert batcher.encoder.batches == [2] and video.rows_encoded == 0
+    batcher.add(video, [[2], [3]], frames[2:])
+    assert batcher.encoder.batches == [2, 2] and video.rows_encoded == 2
+    batcher.flush()
+    assert video.rows_encoded == 4
+    np.testing.assert_allclose(video.frame_features.finish(), _expected_means(frames), rtol=1e-5, atol=1e-5)
+
+
+def test_on_the_cpu_a_batch_is_handed_out_as_it_runs():
+    frames = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    batcher, video = _batcher_and_video(frames)
+    batcher.add(video, [[0], [1]], frames)
+    assert video.rows_encoded == 2 and batcher.in_flight is None
+
+
+class ClipMeans(VideoEncoder):
+    """A clip model: a clip's embedding is the mean of its frames' channel means, which are its frame outputs."""
+
+    frame_level = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.embed_dim = 3
+        self.preprocess = Preprocess(8, OPENAI_MEAN, OPENAI_STD)
+        self.identity = ModelIdentity("clip-means", "none")
+
+    def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
+        frames = pixels.float().mean(dim=(3, 4))  # [B, T, 3]
+        return VideoEmbeddings(clips=frames.mean(dim=1), frames=frames)
+
+
+@pytest.mark.parametrize("in_flight", [False, True], ids=["cpu", "gpu-order"])
+def test_clip_batches_across_videos_give_every_clip_its_own_embedding(in_flight, monkeypatch):
+    monkeypatch.setattr(Batcher, "in_flight_on_cpu", in_flight)
+    rng = np.random.default_rng(3)
+    videos = [rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for n in (8, 4, 12)]  # clips of 4 frames
+    messages = []
+    for job, frames in enumerate(videos):
+        clip_rows = [list(range(start, start + 4)) for start in range(0, len(frames), 4)]
+        video_messages = _video_messages(job, frames, chunk=3)
+        video_messages[0] = video_messages[0][:4] + (clip_rows,)
+        messages += video_messages
+    sources = [VideoSource(f"v{i}.mp4", f"/videos/v{i}.mp4") for i in range(len(videos))]
+    records = list(encode_videos(messages, sources, ClipMeans(), SamplingPlan(clip_len=4, stride=4, clips=3), batch_size=8,
+                                 storage_dtype="float32"))
+    assert sorted(r.video_id for r in records) == [s.video_id for s in sources]
+    for record in records:
+        expected = _expected_means(videos[int(record.video_id[1:-4])])
+        np.testing.assert_allclose(record.features, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(record.clip_features, expected.reshape(-1, 4, 3).mean(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_extraction_in_the_gpus_order_of_events_equals_the_cpus(tmp_path, clips, tiny_model, monkeypatch):
+    """The whole pipeline, with a batch kept in flight as on a GPU: the same store."""
+    kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, workers=1, batch_size=7)
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "cpu.zarr"), **kwargs)
+    monkeypatch.setattr(Batcher, "in_flight_on_cpu", True)
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "gpu.zarr"), **kwargs)
+    with vfeat.open_store(str(tmp_path / "cpu.zarr")) as cpu, vfeat.open_store(str(tmp_path / "gpu.zarr")) as gpu:
+        assert sorted(cpu.ids) == sorted(gpu.ids) and len(cpu.ids) == len(clips)
+        for vid in cpu.ids:
+            np.testing.assert_array_equal(cpu[vid][0], gpu[vid][0])
+            np.testing.assert_array_equal(cpu[vid][1], gpu[vid][1])
 
 
 def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):

@@ -76,8 +76,24 @@ def report(result: VideoRecord | Failure, stats: RunStats, on_progress: Callable
         on_progress(stats, frames)
 
 
+@dataclass
+class _InFlight:
+    """A batch queued on the device. Its outputs are read back only after the next batch is queued, so the
+    host gathers batch N+1 while the GPU computes batch N instead of both taking turns."""
+
+    units: list[tuple[_Video, Any, np.ndarray]]
+    outputs: list[torch.Tensor | None]  # on the host: [frames, D]; or clip models' [clips, D] and [clips, T, D] | None
+    ready: Any = None  # a CUDA event recorded after the copies back; None where the outputs are ready at once
+
+
 class Batcher:
-    """Collects encodable units across videos and runs the model when a batch is full."""
+    """Collects encodable units across videos and runs the model when a batch is full. On a GPU one batch
+    stays in flight: :meth:`run` queues the new batch, then hands out the previous one's outputs, and
+    :meth:`flush` hands out the last. The CPU computes a batch as it is queued, so there its outputs go out
+    at once (and progress does not lag a batch behind)."""
+
+    #: keep a batch in flight on the CPU too: the GPU's order of events, for tests without a GPU
+    in_flight_on_cpu = False
 
     def __init__(self, encoder: VideoEncoder, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         self.encoder, self.device, self.dtype = encoder, device, dtype
@@ -89,14 +105,10 @@ class Batcher:
         self.units: list[tuple[_Video, Any, np.ndarray]] = []  # (video, rows or clip index, uint8 pixels)
         self.pending = 0
         self.size = size
-        self.seconds = 0.0  # time spent in the model (and host<->device copies)
-
-    def _normalise(self, pixels: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(pixels)
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        tensor = tensor.permute(0, 3, 1, 2).float()
-        return ((tensor - self.mean) / self.std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        self.in_flight: _InFlight | None = None
+        self.asynchronous = self.device.type == "cuda"
+        self.keep_in_flight = self.asynchronous or self.in_flight_on_cpu
+        self.seconds = 0.0  # time spent in the model (and host<->device copies), waits for the device included
 
     def add(self, video: _Video, key: Any, pixels: np.ndarray) -> None:
         self.units.append((video, key, pixels))
@@ -104,35 +116,84 @@ class Batcher:
         if self.pending >= self.batch_size:
             self.run()
 
-    @torch.inference_mode()
     def run(self) -> None:
+        """Queue the units collected so far on the device, then hand out the batch queued before them
+        (on the CPU: and this one)."""
         if not self.units:
             return
+        units, self.units, self.pending = self.units, [], 0
         started = time.perf_counter()
         try:
-            self._run(self.units)
+            queued = self._launch(units)
         finally:
-            self.units, self.pending = [], 0
             self.seconds += time.perf_counter() - started
+        self._collect()
+        self.in_flight = queued
+        if not self.keep_in_flight:
+            self._collect()
 
-    def _run(self, units: list[tuple[_Video, Any, np.ndarray]]) -> None:
+    def flush(self) -> None:
+        """Run what is collected and hand out every output: the end of the input."""
+        self.run()
+        self._collect()
+
+    def _stage(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """The batch's pixels in one host tensor, in page-locked memory on a GPU (the copy to the device
+        then runs asynchronously), filled by a single copy."""
+        shape = (sum(len(a) for a in arrays), *arrays[0].shape[1:])
+        host = torch.empty(shape, dtype=torch.uint8, pin_memory=self.asynchronous)
+        np.concatenate(arrays, out=host.numpy())
+        return host
+
+    def _normalise(self, host: torch.Tensor) -> torch.Tensor:
+        tensor = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return ((tensor - self.mean) / self.std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def _to_host(self, out: torch.Tensor | None) -> torch.Tensor | None:
+        if out is None:
+            return None
+        out = out.float()
+        if not self.asynchronous:
+            return out
+        host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+        return host.copy_(out, non_blocking=True)
+
+    @torch.inference_mode()
+    def _launch(self, units: list[tuple[_Video, Any, np.ndarray]]) -> _InFlight:
+        pixels = self._normalise(self._stage([u[2] for u in units]))
         if self.frame_level:
-            pixels = np.concatenate([u[2] for u in units])
-            out = self.encoder.encode_frames(self._normalise(pixels)).float().cpu().numpy()
+            outputs = [self._to_host(self.encoder.encode_frames(pixels))]
+        else:  # units hold whole clips, [T, S, S, 3] each
+            result = self.encoder.encode_video(pixels.reshape(len(units), -1, 3, self.size, self.size))
+            outputs = [self._to_host(result.clips), self._to_host(result.frames)]
+        ready = None
+        if self.asynchronous:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))
+        return _InFlight(units, outputs, ready)
+
+    def _collect(self) -> None:
+        """Wait for the batch in flight and write its outputs into its videos."""
+        flight, self.in_flight = self.in_flight, None
+        if flight is None:
+            return
+        if flight.ready is not None:
+            started = time.perf_counter()
+            flight.ready.synchronize()
+            self.seconds += time.perf_counter() - started
+        if self.frame_level:
+            out = flight.outputs[0].numpy()
             at = 0
-            for video, rows_per_frame, frames in units:
+            for video, rows_per_frame, frames in flight.units:
                 if not video.failed:
                     for i, rows in enumerate(rows_per_frame):
                         video.frame_features[rows] = out[at + i]  # type: ignore[index]
                         video.rows_encoded += len(rows)
                 at += len(frames)
             return
-        clips = np.stack([u[2] for u in units])  # [B, T, S, S, 3]
-        b, t = clips.shape[:2]
-        result = self.encoder.encode_video(self._normalise(clips.reshape(b * t, *clips.shape[2:])).reshape(b, t, 3, self.size, self.size))
-        clip_out = result.clips.float().cpu().numpy()
-        frame_out = None if result.frames is None else result.frames.float().cpu().numpy()
-        for i, (video, clip_index, _) in enumerate(units):
+        clip_out = flight.outputs[0].numpy()
+        frame_out = None if flight.outputs[1] is None else flight.outputs[1].numpy()
+        for i, (video, clip_index, _) in enumerate(flight.units):
             if video.failed:
                 continue
             video.clip_features[clip_index] = clip_out[i]  # type: ignore[index]
@@ -256,7 +317,7 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
             elif kind == "error":
                 _discard(videos.pop(job, None))
                 yield Failure(sources[job].video_id, sources[job].path, message[2])
-        batch.run()
+        batch.flush()
         yield from finished()
     finally:
         for video in videos.values():  # cut short: what was spooled for unfinished videos is garbage
