@@ -3,7 +3,9 @@ the frames, the store, the errors.
 
 - decode workers: FFmpeg threads per worker (``VFEAT_DECODE_THREADS``) and hardware decoding
   (``--hwaccel`` / ``VFEAT_HWACCEL``) give the same frames;
-- the frame budget between decode workers and the model process cannot deadlock, whatever its size;
+- the frame budget between decode workers and the model process cannot deadlock, whatever its size, with
+  the frames through the shared-memory ring or the pipe; the ring gives way to the pipe where its memory
+  cannot be had, and leaves nothing behind when a run is killed;
 - model batches mix videos (frames and clips), keep one batch in flight on a GPU (checked in the GPU's
   order of events on the CPU), and drop a video that fails midway without losing the others;
 - the shard writer commits journal parts from a writer thread and merges Zarr parts at most every
@@ -13,9 +15,12 @@ the frames, the store, the errors.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,8 @@ from vfeat.cli import app
 from vfeat.decode import Resize, decode_selected, probe
 from vfeat.errors import InputError
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
+from vfeat import frame_ring, pipeline
+from vfeat.frame_ring import FrameRing
 from vfeat.pipeline import Batcher, RunStats, _messages_from_workers, _Video, encode_videos
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
@@ -107,10 +114,22 @@ def test_hwaccel_is_refused_with_the_ray_engine(tmp_path, clips):
 
 # -- the frame budget ----------------------------------------------------------------------------------
 
+def _counting_ring_reads(monkeypatch) -> list[int]:
+    taken: list[int] = []
+    take = FrameRing.take
+    monkeypatch.setattr(FrameRing, "take", lambda self, where: taken.append(where.count) or take(self, where))
+    return taken
+
+
+@pytest.mark.parametrize("ring", [True, False], ids=["shared-memory", "pipe"])
 @pytest.mark.parametrize("budget", [1, 16, 10_000])
-def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget):
+def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget, ring, monkeypatch):
     """A budget smaller than a message's frames is raised (to FRAMES_PER_DECODER per worker): below a
-    message's worth each, every worker could hold part of the budget and none could send."""
+    message's worth each, every worker could hold part of the budget and none could send. With the
+    shared-memory ring the budget is its slots: 16 per worker at the least, so messages wrap around it."""
+    monkeypatch.setenv("VFEAT_FRAME_RING", "1" if ring else "0")
+    monkeypatch.setattr(pipeline, "FRAMES_PER_DECODER", 16 if budget == 1 else pipeline.FRAMES_PER_DECODER)
+    taken = _counting_ring_reads(monkeypatch)
     plan, resize = SamplingPlan(), Resize(32, 32)  # all frames: several 16-frame messages per video
     jobs = [(i, str(c)) for i, c in enumerate(clips)]
     got: dict[int, list] = {}
@@ -124,6 +143,59 @@ def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget):
         assert [r for r, _ in got[job]] == [r for r, _ in expected]
         for (_, a), (_, b) in zip(got[job], expected):
             np.testing.assert_array_equal(a, b)
+    frames = sum(len(v) for v in got.values())
+    assert sum(taken) == (frames if ring else 0)
+    if ring and budget == 1:
+        assert any(0 < n < 16 for n in taken)  # messages cut where the 16-slot rings wrap
+
+
+def test_frames_go_through_the_pipe_when_there_is_no_memory_for_the_ring(clips, monkeypatch, caplog):
+    """The ring's pages are allocated when it is made, so a machine without the memory falls back to the
+    pipe at once (rather than a decode process dying of SIGBUS when it writes a frame)."""
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(frame_ring.os, "posix_fallocate", no_room)
+    taken = _counting_ring_reads(monkeypatch)
+    jobs = [(i, str(c)) for i, c in enumerate(clips[:2])]
+    with caplog.at_level(logging.INFO, logger="vfeat.frame_ring"):
+        messages = list(_messages_from_workers(jobs, SamplingPlan(), Resize(224, 224), False, 1, RunStats()))
+    assert sum(len(m[3]) for m in messages if m[0] == "frames") == sum(len(probe(str(c)).pts) for c in clips[:2])
+    assert taken == [] and "they go through a pipe" in caplog.text
+
+
+def _shared_memory_files() -> set[str]:
+    # multiprocessing's own named semaphores (sem.*) are left out: a killed process group leaks those
+    # whatever vfeat does, since its resource tracker dies with it
+    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
+
+
+def test_a_run_killed_with_its_process_group_leaves_no_shared_memory(tmp_path, clips, tiny_model):
+    """The ring is an anonymous memory file: ``kill -9`` of the whole process group (multiprocessing's
+    resource tracker included, which would otherwise remove named shared memory) leaves nothing in
+    /dev/shm, where a named block of the ring's size would stay until reboot."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this system: no named shared memory to look for")
+    before = _shared_memory_files()
+    store = tmp_path / "s.zarr"
+    videos = [str(c) for c in clips] * 4  # the same clips under other paths would be other videos: copy them
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i, path in enumerate(videos):
+        os.link(path, folder / f"v{i:02d}.mp4")
+    env = dict(os.environ, VFEAT_FLUSH_VIDEOS="1")
+    proc = subprocess.Popen([*vfeat_command(), "extract", str(folder), "--out", str(store), "--workers", "1", "--no-progress",
+                             *tiny_model.cli_args()], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"{store}.journal").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    time.sleep(0.5)
+    assert _shared_memory_files() - before == set()
 
 
 # -- the model batches ---------------------------------------------------------------------------------

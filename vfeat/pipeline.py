@@ -24,6 +24,7 @@ import torch
 
 from vfeat.decode import Resize
 from vfeat.errors import InputError
+from vfeat.frame_ring import FrameRing, RingSlots
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
@@ -367,24 +368,29 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
                            frame_budget: int = 0) -> Iterator[tuple]:
     """Start ``workers`` CPU decode processes and ``hwaccel_workers`` that decode on the ``hwaccel``
     device; all take videos from one queue (the faster take more) and their messages come back as they
-    come. At most ``frame_budget`` decoded frames wait in the queue, and at least
-    :data:`FRAMES_PER_DECODER` per decode process."""
+    come, the frames through shared memory where it can (:mod:`vfeat.frame_ring`). At most
+    ``frame_budget`` decoded frames wait for this process, and at least :data:`FRAMES_PER_DECODER` per
+    decode process."""
     ctx = mp.get_context("spawn")
     decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])
     job_queue = ctx.Queue()
     results = ctx.Queue()
-    budget = ctx.Semaphore(max(frame_budget, FRAMES_PER_DECODER * len(decoders)))
+    frames_waiting = max(frame_budget, FRAMES_PER_DECODER * len(decoders))
+    budget = ctx.Semaphore(frames_waiting)
+    ring = FrameRing.create(ctx, len(decoders), -(-frames_waiting // len(decoders)),
+                            None if resize is None else (resize.crop, resize.crop, 3))
     for item in jobs:
         job_queue.put(item)
     for _ in decoders:
         job_queue.put(None)
     threads = decoder_threads(len(decoders))
-    procs = [ctx.Process(target=worker_main, args=(job_queue, results, budget, plan, resize, one_clip, decoder, threads), daemon=True)
-             for decoder in decoders]
-    for proc in procs:
-        proc.start()
-    running = len(procs)
+    procs = [ctx.Process(target=worker_main, args=(job_queue, results, budget, plan, resize, one_clip, decoder, threads, ring, number),
+                         daemon=True) for number, decoder in enumerate(decoders)]
+    running = 0
     try:
+        for proc in procs:
+            proc.start()
+            running += 1
         while running:
             start = time.perf_counter()
             try:
@@ -398,18 +404,22 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
             if message[0] == "exit":
                 running -= 1
                 continue
-            if message[0] == "frames":
+            if message[0] == "frames" and isinstance(message[3], RingSlots):
+                message = (*message[:3], ring.take(message[3]))  # type: ignore[union-attr]
+            elif message[0] == "frames":
                 for _ in range(len(message[3])):
                     budget.release()
             yield message
     finally:
-        for proc in procs:
+        for proc in (p for p in procs if p.pid is not None):  # the started ones
             if proc.is_alive():
                 proc.terminate()
             proc.join(timeout=5)
         # jobs no worker took (the workers died, or the run was interrupted) must not hold this process at
         # exit: a queue's feeder thread waits to hand them over, and the interpreter waits for it
         job_queue.cancel_join_thread()
+        if ring is not None:
+            ring.close()
 
 
 def _workers_died(exit_codes: list[int | None]) -> str:

@@ -4,7 +4,8 @@ cropped, as uint8). Runs in worker processes, or inline when ``--workers 0``.
 Messages (tuples, cheap to pickle):
 - ``("video", job, info, timestamps_ms [rows], clip_rows)``: probe + plan, sent before any frame;
 - ``("frames", job, rows, pixels)``: ``pixels`` uint8 [k, S, S, 3]; ``rows[i]`` lists the store rows that
-  show frame i (a frame is decoded once even when several targets land on it);
+  show frame i (a frame is decoded once even when several targets land on it). From a worker process
+  ``pixels`` may instead be :class:`~vfeat.frame_ring.RingSlots`: where the frames wait in shared memory;
 - ``("done", job)`` or ``("error", job, message)``.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from vfeat.decode import Resize, decode_selected, probe
 from vfeat.errors import VfeatError
+from vfeat.frame_ring import FrameRing, RingWriter
 from vfeat.sampling import SamplingPlan, select_frames
 
 CHUNK_FRAMES = 16
@@ -61,16 +63,18 @@ def decode_job(job: int, path: str, plan: SamplingPlan, resize: Resize, one_clip
 
 
 def worker_main(jobs: Any, results: Any, frame_budget: Any, plan: SamplingPlan, resize: Resize, one_clip: bool,
-                hwaccel: str | None = None, threads: int | None = None) -> None:
+                hwaccel: str | None = None, threads: int | None = None, ring: FrameRing | None = None, process: int = 0) -> None:
     """Process entry point: take ``(job, path)`` until ``None``, push messages onto the results queue.
 
-    ``frame_budget`` (a semaphore shared with the pipeline) bounds the decoded frames waiting in the queue:
-    a worker takes one unit per frame before sending it, the pipeline gives it back on receipt. Bounding
-    frames rather than messages lets workers run ahead through many short videos (three messages each)
-    while the model process is busy with a batch. ``hwaccel`` ("cuda"): this worker decodes on the GPU's
-    video decoder (NVDEC) instead of the CPU. ``threads``: FFmpeg decoding threads of this worker (its
-    share of the cores), unless the user set ``VFEAT_DECODE_THREADS`` (0: FFmpeg's default, a thread per
-    core)."""
+    ``ring``: frames go into this process's slots of the shared-memory :class:`FrameRing` (number
+    ``process``) and the messages carry only where they are; its free slots bound the decoded frames
+    waiting for the model process. Without a ring the pixels travel in the messages, and
+    ``frame_budget`` (a semaphore shared with the pipeline) bounds them: a worker takes one unit per
+    frame before sending it, the pipeline gives it back on receipt. Bounding frames rather than messages
+    lets workers run ahead through many short videos (three messages each) while the model process is
+    busy with a batch. ``hwaccel`` ("cuda"): this worker decodes on the GPU's video decoder (NVDEC)
+    instead of the CPU. ``threads``: FFmpeg decoding threads of this worker (its share of the cores),
+    unless the user set ``VFEAT_DECODE_THREADS`` (0: FFmpeg's default, a thread per core)."""
     import os
 
     from vfeat._log import show_warnings
@@ -82,14 +86,24 @@ def worker_main(jobs: Any, results: Any, frame_budget: Any, plan: SamplingPlan, 
         os.environ["VFEAT_HWACCEL"] = hwaccel
     if threads:
         os.environ.setdefault("VFEAT_DECODE_THREADS", str(threads))
-    while True:
-        item = jobs.get()
-        if item is None:
-            results.put(("exit",))
-            return
-        job, path = item
-        for message in decode_job(job, path, plan, resize, one_clip):
-            if message[0] == "frames":
-                for _ in range(len(message[3])):
-                    frame_budget.acquire()
-            results.put(message)
+    writer = RingWriter(ring, process) if ring is not None else None
+    try:
+        while True:
+            item = jobs.get()
+            if item is None:
+                results.put(("exit",))
+                return
+            job, path = item
+            for message in decode_job(job, path, plan, resize, one_clip):
+                if message[0] == "frames" and writer is not None and message[3].shape[1:] == writer.frame_shape:
+                    for through_ring in writer.write(*message[1:]):
+                        results.put(through_ring)
+                    continue
+                if message[0] == "frames":
+                    for _ in range(len(message[3])):
+                        frame_budget.acquire()
+                results.put(message)
+    finally:
+        if writer is not None:
+            writer.close()
+            ring.close()
