@@ -82,7 +82,7 @@ class _InFlight:
     """A batch queued on the device. Its outputs are read back only after the next batch is queued, so the
     host gathers batch N+1 while the GPU computes batch N instead of both taking turns."""
 
-    units: list[tuple[_Video, Any, np.ndarray]]
+    units: list[tuple[_Video, Any, int]]  # (video, rows or clip index, frames): the pixels are on the device
     outputs: list[torch.Tensor | None]  # on the host: [frames, D]; or clip models' [clips, D] and [clips, T, D] | None
     ready: Any = None  # a CUDA event recorded after the copies back; None where the outputs are ready at once
 
@@ -171,7 +171,7 @@ class Batcher:
         if self.asynchronous:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(self.device))
-        return _InFlight(units, outputs, ready)
+        return _InFlight([(video, key, len(pixels)) for video, key, pixels in units], outputs, ready)
 
     def _collect(self) -> None:
         """Wait for the batch in flight and write its outputs into its videos."""
@@ -190,7 +190,7 @@ class Batcher:
                     for i, rows in enumerate(rows_per_frame):
                         video.frame_features[rows] = out[at + i]  # type: ignore[index]
                         video.rows_encoded += len(rows)
-                at += len(frames)
+                at += frames
             return
         clip_out = flight.outputs[0].numpy()
         frame_out = None if flight.outputs[1] is None else flight.outputs[1].numpy()
