@@ -200,18 +200,24 @@ def test_a_run_killed_with_its_process_group_leaves_no_shared_memory(tmp_path, c
 
 # -- the model batches ---------------------------------------------------------------------------------
 
-class ChannelMeans(VideoEncoder):
-    """A frame's embedding is its three normalised channel means: checkable with numpy, and it remembers
-    the batch sizes it was given."""
-
-    frame_level = True
+class _MeansModel(VideoEncoder):
+    """8 px input, 3-d embeddings made of normalised channel means: checkable with numpy."""
 
     def __init__(self) -> None:
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.embed_dim = 3
         self.preprocess = Preprocess(8, OPENAI_MEAN, OPENAI_STD)
-        self.identity = ModelIdentity("channel-means", "none")
+        self.identity = ModelIdentity(type(self).__name__, "none")
+
+
+class ChannelMeans(_MeansModel):
+    """A frame's embedding is its three normalised channel means; it remembers the batch sizes it was given."""
+
+    frame_level = True
+
+    def __init__(self) -> None:
+        super().__init__()
         self.batches: list[int] = []
 
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -281,17 +287,10 @@ def test_on_the_cpu_a_batch_is_handed_out_as_it_runs():
     assert video.rows_encoded == 2 and batcher.in_flight is None
 
 
-class ClipMeans(VideoEncoder):
+class ClipMeans(_MeansModel):
     """A clip model: a clip's embedding is the mean of its frames' channel means, which are its frame outputs."""
 
     frame_level = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.embed_dim = 3
-        self.preprocess = Preprocess(8, OPENAI_MEAN, OPENAI_STD)
-        self.identity = ModelIdentity("clip-means", "none")
 
     def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
         frames = pixels.float().mean(dim=(3, 4))  # [B, T, 3]
