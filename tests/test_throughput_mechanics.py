@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -198,6 +199,59 @@ def test_a_run_killed_with_its_process_group_leaves_no_shared_memory(tmp_path, c
     assert _shared_memory_files() - before == set()
 
 
+def _decode_processes_of(pid: int) -> list[int]:
+    """The spawned decode processes below ``pid`` (multiprocessing's resource tracker is not one; ``pid``
+    may be a launcher script whose child is Python)."""
+    parents, commands = {}, {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            commands[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry)] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+    def below(child: int) -> bool:
+        while child in parents and child != pid:
+            child = parents[child]
+        return child == pid
+
+    return [p for p, command in commands.items() if p != pid and b"spawn_main" in command and below(p)]
+
+
+def test_a_killed_decode_process_stops_the_run_with_one_line_naming_the_video_and_a_rerun_resumes(tmp_path, tiny_model):
+    """The out-of-memory killer (or a crash inside FFmpeg) takes the decode process while it decodes a video:
+    one line names the signal and that video, the video before it stays stored, the same command resumes."""
+    folder = tmp_path / "videos"
+    make_video(folder, "a_short.mp4", duration=1.0)
+    make_video(folder, "b_long.mp4", 24.0, 25, (1280, 720), "libx264", "yuv420p", "-preset", "ultrafast")
+    store = tmp_path / "s.h5"  # HDF5 keeps journal parts until the close: a_short's part shows it is stored
+    command = [*vfeat_command(), "extract", str(folder), "--out", str(store), "--fps", "25", "--workers", "1", "--no-progress",
+               *tiny_model.cli_args()]
+    env = dict(os.environ, VFEAT_FLUSH_VIDEOS="1")  # a journal part per video
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(Path(f"{store}.journal").glob("part-*.pkl")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = _decode_processes_of(proc.pid)
+        assert proc.poll() is None and len(workers) == 1, "the run ended before its decode process could be killed"
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode not in (0, None), stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert "SIGKILL" in lines[0] and "b_long.mp4" in lines[0] and "rerun the same command" in lines[0], lines[0]
+    with vfeat.open_store(str(store)) as opened:
+        assert list(opened.ids) == ["a_short.mp4"]
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    with vfeat.open_store(str(store)) as opened:
+        assert sorted(opened.ids) == ["a_short.mp4", "b_long.mp4"]
+
+
 # -- the model batches ---------------------------------------------------------------------------------
 
 class _MeansModel(VideoEncoder):
@@ -256,6 +310,30 @@ def test_batches_across_videos_give_every_frame_its_own_embedding(batch_size, in
     assert sum(encoder.batches) == sum(len(v) for v in videos)
     assert max(encoder.batches) < batch_size + 4  # a batch runs once it is full: at most one message over
     assert stats.model_s > 0
+
+
+@pytest.mark.parametrize("in_flight", [False, True], ids=["cpu", "gpu-order"])
+def test_a_short_video_is_handed_on_once_a_batch_encodes_it_not_when_the_next_video_ends(in_flight, monkeypatch):
+    """A short video's last rows are often encoded by a batch that the next video's frames fill: it is
+    finished then, not held (unstored, in memory) until that next video is decoded to its end."""
+    monkeypatch.setattr(Batcher, "in_flight_on_cpu", in_flight)
+    rng = np.random.default_rng(4)
+    short, long = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8), rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)
+    messages = _video_messages(0, short) + _video_messages(1, long)
+    consumed: list[int] = []
+
+    def decoder() -> Iterator[tuple]:
+        for number, message in enumerate(messages):
+            consumed.append(number)
+            yield message
+
+    sources = [VideoSource("short.mp4", "/videos/short.mp4"), VideoSource("long.mp4", "/videos/long.mp4")]
+    records = encode_videos(decoder(), sources, ChannelMeans(), SamplingPlan(), batch_size=8, storage_dtype="float32")
+    first = next(records)
+    assert first.video_id == "short.mp4"
+    assert len(consumed) <= 10  # short's 2 messages, long's first 2 or 3 batches: not all 53
+    np.testing.assert_allclose(first.features, _expected_means(short), rtol=1e-5, atol=1e-5)
+    assert [r.video_id for r in records] == ["long.mp4"]
 
 
 def _batcher_and_video(frames: np.ndarray) -> tuple[Batcher, _Video]:

@@ -19,3 +19,8 @@ class ModelError(VfeatError):
 
 class StoreError(VfeatError):
     """A feature store is missing, damaged, or incompatible with the requested run."""
+
+
+class WorkerError(VfeatError, RuntimeError):
+    """Decode processes died (killed, or crashed inside the decoder): the run stops, what was stored stays,
+    and rerunning the same command resumes."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from vfeat.decode import Resize
-from vfeat.errors import InputError
+from vfeat.errors import InputError, WorkerError
 from vfeat.frame_ring import FrameRing, RingSlots
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
@@ -310,6 +311,7 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
                         for row in row_list:
                             video.pixels[row] = image
                     _push_ready_clips(video, batch)
+                yield from finished()  # a batch that ran may have encoded the last rows of a decoded video
             elif kind == "done":
                 videos[job].decoded = True
                 if not encoder.frame_level:
@@ -387,6 +389,8 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
     procs = [ctx.Process(target=worker_main, args=(job_queue, results, budget, plan, resize, one_clip, decoder, threads, ring, number),
                          daemon=True) for number, decoder in enumerate(decoders)]
     running = 0
+    decoding: dict[int, str] = {}  # videos whose decoding began and has not ended
+    paths = dict(jobs)
     try:
         for proc in procs:
             proc.start()
@@ -397,13 +401,17 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
                 message = results.get(timeout=1.0)
             except queue.Empty:
                 if not any(p.is_alive() for p in procs):
-                    raise RuntimeError(_workers_died([p.exitcode for p in procs])) from None
+                    raise WorkerError(_workers_died([p.exitcode for p in procs], list(decoding.values()))) from None
                 continue
             finally:
                 stats.decode_wait_s += time.perf_counter() - start
             if message[0] == "exit":
                 running -= 1
                 continue
+            if message[0] == "video":
+                decoding[message[1]] = paths[message[1]]
+            elif message[0] in ("done", "error"):
+                decoding.pop(message[1], None)
             if message[0] == "frames" and isinstance(message[3], RingSlots):
                 message = (*message[:3], ring.take(message[3]))  # type: ignore[union-attr]
             elif message[0] == "frames":
@@ -422,9 +430,24 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
             ring.close()
 
 
-def _workers_died(exit_codes: list[int | None]) -> str:
-    """Why no decode worker is left. The usual cause is Python's spawn start method: each worker re-imports
-    the caller's main module, which fails for code read from stdin and re-runs unguarded scripts."""
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _workers_died(exit_codes: list[int | None], decoding: list[str]) -> str:
+    """Why no decode worker is left. Killed by a signal: the out-of-memory killer, or the decoder crashed on
+    a video (named when its decoding had begun). Exited with an error before any work: usually Python's
+    spawn start method, under which each worker re-imports the caller's main module, which fails for code
+    read from stdin and re-runs unguarded scripts."""
+    signals = sorted({_signal_name(-code) for code in exit_codes if code is not None and code < 0})
+    if signals:
+        where = f" while decoding {', '.join(decoding)}" if decoding else ""
+        return (f"decode processes were killed by {'/'.join(signals)}{where} (exit codes {exit_codes}): the "
+                "out-of-memory killer, or a crash inside the decoder. What was stored is kept: rerun the same command to "
+                "resume, and leave a video out if it brings the decoder down again")
     main = getattr(sys.modules.get("__main__"), "__file__", None)
     hint = ("decode workers are spawned processes that import your main module: put the vfeat calls of a script "
             "under `if __name__ == \"__main__\":`, run it from a file (not stdin), or pass workers=0 (--workers 0)")
