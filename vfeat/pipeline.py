@@ -365,6 +365,89 @@ def _messages_inline(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Re
         yield from decode_job(job, path, plan, resize, one_clip)
 
 
+class _DecodeProcesses:
+    """The decode processes of one run and the video each took. One that dies while decoding a video (a
+    crash inside the decoder on a bad file, the out-of-memory killer) costs that video only: it is
+    reported failed, and a new process takes over the videos still queued (its frames through the pipe:
+    the dead one's ring slots are abandoned). One that dies before taking any video is not replaced, so
+    processes that cannot start are not started again and again.
+
+    Deaths are decided in queue order: a dead process gets a ``("dead", number)`` marker put on the results
+    queue behind whatever it sent before it died, so its last ``done`` is always read first."""
+
+    def __init__(self, ctx: Any, job_queue: Any, results: Any, worker_args: tuple, threads: int, paths: dict[int, str]) -> None:
+        self.ctx, self.job_queue, self.results = ctx, job_queue, results
+        self.worker_args, self.threads, self.paths = worker_args, threads, paths  # worker_args: worker_main's first six
+        self.procs: list[Any] = []
+        self.hwaccels: list[str | None] = []  # each process's
+        self.took: dict[int, int] = {}  # process number -> the job it took last
+        self.ended: set[int] = set()  # jobs whose decoding ended: done, error, or their process died
+        self.gone: set[int] = set()  # process numbers that said "exit" or were found dead
+        self.marked: set[int] = set()  # dead processes whose marker is on its way
+        self.checked = time.monotonic()
+
+    @property
+    def running(self) -> int:
+        return len(self.procs) - len(self.gone)
+
+    def start(self, hwaccel: str | None, ring: FrameRing | None) -> None:
+        number = len(self.procs)
+        self.procs.append(self.ctx.Process(target=worker_main, args=(*self.worker_args, hwaccel, self.threads, ring, number), daemon=True))
+        self.hwaccels.append(hwaccel)
+        self.procs[-1].start()
+
+    def look_for_deaths(self, every_s: float = 1.0) -> None:
+        """Put a marker behind the last messages of each process found dead (at most every ``every_s``)."""
+        if time.monotonic() - self.checked < every_s:
+            return
+        self.checked = time.monotonic()
+        for number, proc in enumerate(self.procs):
+            if number not in self.gone and number not in self.marked and proc.exitcode is not None:
+                self.marked.add(number)
+                self.results.put(("dead", number))
+
+    def on_message(self, message: tuple) -> tuple | None:
+        """Book-keeping for one message; what to pass on (None: nothing), a failure for a dead process's video."""
+        kind = message[0]
+        if kind == "took":
+            self.took[message[2]] = message[1]
+            return None
+        if kind == "exit":
+            self.gone.add(message[1])
+            return None
+        if kind == "dead":
+            return self._dead(message[1])
+        if kind in ("done", "error"):
+            self.ended.add(message[1])
+        return message
+
+    def _dead(self, number: int) -> tuple | None:
+        if number in self.gone:  # its "exit" came first: it ended as it should
+            return None
+        self.gone.add(number)
+        job = self.took.get(number)
+        if job is None:  # died before taking a video: not replaced (see the class)
+            return None
+        self.job_queue.put(None)  # the new process's end of work, in case the dead one had taken its own
+        self.start(self.hwaccels[number], None)
+        if job in self.ended:
+            return None
+        self.ended.add(job)
+        code = self.procs[number].exitcode
+        how = _signal_name(-code) if code < 0 else f"exit code {code}"
+        return ("error", job, f"{self.paths[job]}: the decode process died ({how}) while decoding it: a crash inside the "
+                              "decoder, or the out-of-memory killer; the other videos go on")
+
+    def decoding(self) -> list[str]:
+        return [self.paths[job] for job in self.took.values() if job not in self.ended]
+
+    def stop(self) -> None:
+        for proc in (p for p in self.procs if p.pid is not None):  # the started ones
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=5)
+
+
 def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
                            stats: RunStats, hwaccel: str | None = None, hwaccel_workers: int = 0,
                            frame_budget: int = 0) -> Iterator[tuple]:
@@ -372,7 +455,8 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
     device; all take videos from one queue (the faster take more) and their messages come back as they
     come, the frames through shared memory where it can (:mod:`vfeat.frame_ring`). At most
     ``frame_budget`` decoded frames wait for this process, and at least :data:`FRAMES_PER_DECODER` per
-    decode process."""
+    decode process. A process that dies while decoding a video fails that video (an ``error`` message)
+    and is replaced (:class:`_DecodeProcesses`)."""
     ctx = mp.get_context("spawn")
     decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])
     job_queue = ctx.Queue()
@@ -385,44 +469,33 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
         job_queue.put(item)
     for _ in decoders:
         job_queue.put(None)
-    threads = decoder_threads(len(decoders))
-    procs = [ctx.Process(target=worker_main, args=(job_queue, results, budget, plan, resize, one_clip, decoder, threads, ring, number),
-                         daemon=True) for number, decoder in enumerate(decoders)]
-    running = 0
-    decoding: dict[int, str] = {}  # videos whose decoding began and has not ended
-    paths = dict(jobs)
+    processes = _DecodeProcesses(ctx, job_queue, results, (job_queue, results, budget, plan, resize, one_clip),
+                                 decoder_threads(len(decoders)), dict(jobs))
     try:
-        for proc in procs:
-            proc.start()
-            running += 1
-        while running:
+        for decoder in decoders:
+            processes.start(decoder, ring)
+        while processes.running:
             start = time.perf_counter()
             try:
                 message = results.get(timeout=1.0)
             except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    raise WorkerError(_workers_died([p.exitcode for p in procs], list(decoding.values()))) from None
-                continue
+                message = None
             finally:
                 stats.decode_wait_s += time.perf_counter() - start
-            if message[0] == "exit":
-                running -= 1
+            processes.look_for_deaths()
+            message = None if message is None else processes.on_message(message)
+            if message is None:
                 continue
-            if message[0] == "video":
-                decoding[message[1]] = paths[message[1]]
-            elif message[0] in ("done", "error"):
-                decoding.pop(message[1], None)
             if message[0] == "frames" and isinstance(message[3], RingSlots):
                 message = (*message[:3], ring.take(message[3]))  # type: ignore[union-attr]
             elif message[0] == "frames":
                 for _ in range(len(message[3])):
                     budget.release()
             yield message
+        if len(processes.ended) < len(jobs):  # videos left that no process took: none could start
+            raise WorkerError(_workers_died([p.exitcode for p in processes.procs], processes.decoding()))
     finally:
-        for proc in (p for p in procs if p.pid is not None):  # the started ones
-            if proc.is_alive():
-                proc.terminate()
-            proc.join(timeout=5)
+        processes.stop()
         # jobs no worker took (the workers died, or the run was interrupted) must not hold this process at
         # exit: a queue's feeder thread waits to hand them over, and the interpreter waits for it
         job_queue.cancel_join_thread()

@@ -7,6 +7,8 @@ Messages (tuples, cheap to pickle):
   show frame i (a frame is decoded once even when several targets land on it). From a worker process
   ``pixels`` may instead be :class:`~vfeat.frame_ring.RingSlots`: where the frames wait in shared memory;
 - ``("done", job)`` or ``("error", job, message)``.
+
+A worker process also says ``("took", job, process)`` as it takes a video and ``("exit", process)`` at the end.
 """
 
 from __future__ import annotations
@@ -91,9 +93,10 @@ def worker_main(jobs: Any, results: Any, frame_budget: Any, plan: SamplingPlan, 
         while True:
             item = jobs.get()
             if item is None:
-                results.put(("exit",))
+                results.put(("exit", process))
                 return
             job, path = item
+            results.put(("took", job, process))  # should this process die now, the model process knows which video
             for message in decode_job(job, path, plan, resize, one_clip):
                 if message[0] == "frames" and writer is not None and message[3].shape[1:] == writer.frame_shape:
                     for through_ring in writer.write(*message[1:]):
