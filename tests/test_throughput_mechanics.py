@@ -128,6 +128,8 @@ def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget, r
     """A budget smaller than a message's frames is raised (to FRAMES_PER_DECODER per worker): below a
     message's worth each, every worker could hold part of the budget and none could send. With the
     shared-memory ring the budget is its slots: 16 per worker at the least, so messages wrap around it."""
+    if ring and not hasattr(os, "memfd_create"):
+        pytest.skip("the frame ring needs memfd_create (Linux); elsewhere frames take the pipe, the other case")
     monkeypatch.setenv("VFEAT_FRAME_RING", "1" if ring else "0")
     monkeypatch.setattr(pipeline, "FRAMES_PER_DECODER", 16 if budget == 1 else pipeline.FRAMES_PER_DECODER)
     taken = _counting_ring_reads(monkeypatch)
@@ -219,6 +221,7 @@ def _decode_processes_of(pid: int) -> list[int]:
     return [p for p, command in commands.items() if p != pid and b"spawn_main" in command and below(p)]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the decode process to kill through /proc (Linux)")
 def test_a_decode_process_killed_mid_video_fails_that_video_and_the_run_goes_on(tmp_path, tiny_model):
     """The out-of-memory killer (or a crash inside FFmpeg on a bad file) takes the decode process while it
     decodes a video: one line names that video and the signal, a new process decodes the videos after it,

@@ -1,8 +1,9 @@
 """videos -> decode workers -> batches across videos -> model -> writer. The only module that knows all three.
 
-Decoding runs in worker processes feeding a bounded queue (memory stays bounded whatever the video
-length); the model runs here, on batches that mix frames (or clips) of several videos so short videos
-still fill a batch; a video is handed to the writer when all its rows are encoded.
+Decoding runs in worker processes that hand frames over through shared memory, at most a bounded number
+waiting (memory stays bounded whatever the video length); the model runs here, on batches that mix frames
+(or clips) of several videos so short videos still fill a batch, one batch in flight on a GPU while the
+next is gathered; a video is handed to the writer when all its rows are encoded.
 
 Public pieces, shared by the local :func:`run` and the Ray engine's model actors:
 :func:`check_plan`, :func:`decode_resize` and :func:`one_clip_per_video` (what the decoder must deliver),
