@@ -258,6 +258,40 @@ def test_a_decode_process_killed_mid_video_fails_that_video_and_the_run_goes_on(
         assert sorted(opened.ids) == ["a_short.mp4", "b_long.mp4", "c_after.mp4"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the decode processes to kill through /proc (Linux)")
+def test_with_two_decode_processes_one_killed_costs_at_most_its_video(tmp_path, tiny_model):
+    """Of two decode processes one is killed at some moment: at most the video it was decoding fails, every
+    other video is stored, and a rerun leaves nothing out."""
+    folder = tmp_path / "videos"
+    make_video(folder, "a_long.mp4", 16.0, 25, (1280, 720), "libx264", "yuv420p", "-preset", "ultrafast")
+    make_video(folder, "b_long.mp4", 16.0, 25, (1280, 720), "libx264", "yuv420p", "-preset", "ultrafast")
+    for name in ("c.mp4", "d.mp4", "e.mp4"):
+        make_video(folder, name, duration=1.0)
+    store = tmp_path / "s.zarr"
+    command = [*vfeat_command(), "extract", str(folder), "--out", str(store), "--fps", "25", "--workers", "2", "--no-progress",
+               *tiny_model.cli_args()]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _decode_processes_of(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # both are decoding by now (a_long and b_long, 400 frames of 720p each)
+        assert proc.poll() is None and len(workers) == 2, "the run ended before a decode process could be killed"
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "Traceback" not in stderr, stderr
+    with vfeat.open_store(str(store)) as opened:
+        failed = [f.video_id for f in opened.failures()]
+        assert len(failed) <= 1 and sorted([*opened.ids, *failed]) == ["a_long.mp4", "b_long.mp4", "c.mp4", "d.mp4", "e.mp4"]
+    assert proc.returncode == (1 if failed else 0), stderr
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    with vfeat.open_store(str(store)) as opened:
+        assert sorted(opened.ids) == ["a_long.mp4", "b_long.mp4", "c.mp4", "d.mp4", "e.mp4"]
+
+
 # -- the model batches ---------------------------------------------------------------------------------
 
 class _MeansModel(VideoEncoder):
