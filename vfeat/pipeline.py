@@ -173,7 +173,7 @@ class Batcher:
         if self.asynchronous:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(self.device))
-        return _InFlight([(video, key, len(pixels)) for video, key, pixels in units], outputs, ready)
+        return _InFlight([(video, key, len(frames)) for video, key, frames in units], outputs, ready)
 
     def _collect(self) -> None:
         """Wait for the batch in flight and write its outputs into its videos."""
@@ -376,9 +376,9 @@ class _DecodeProcesses:
     Deaths are decided in queue order: a dead process gets a ``("dead", number)`` marker put on the results
     queue behind whatever it sent before it died, so its last ``done`` is always read first."""
 
-    def __init__(self, ctx: Any, job_queue: Any, results: Any, worker_args: tuple, threads: int, paths: dict[int, str]) -> None:
+    def __init__(self, ctx: Any, job_queue: Any, results: Any, decode_args: tuple, threads: int, paths: dict[int, str]) -> None:
         self.ctx, self.job_queue, self.results = ctx, job_queue, results
-        self.worker_args, self.threads, self.paths = worker_args, threads, paths  # worker_args: worker_main's first six
+        self.decode_args, self.threads, self.paths = decode_args, threads, paths  # worker_main's budget, plan, resize, one_clip
         self.procs: list[Any] = []
         self.hwaccels: list[str | None] = []  # each process's
         self.took: dict[int, int] = {}  # process number -> the job it took last
@@ -393,7 +393,8 @@ class _DecodeProcesses:
 
     def start(self, hwaccel: str | None, ring: FrameRing | None) -> None:
         number = len(self.procs)
-        self.procs.append(self.ctx.Process(target=worker_main, args=(*self.worker_args, hwaccel, self.threads, ring, number), daemon=True))
+        args = (self.job_queue, self.results, *self.decode_args, hwaccel, self.threads, ring, number)
+        self.procs.append(self.ctx.Process(target=worker_main, args=args, daemon=True))
         self.hwaccels.append(hwaccel)
         self.procs[-1].start()
 
@@ -470,7 +471,7 @@ def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resi
         job_queue.put(item)
     for _ in decoders:
         job_queue.put(None)
-    processes = _DecodeProcesses(ctx, job_queue, results, (job_queue, results, budget, plan, resize, one_clip),
+    processes = _DecodeProcesses(ctx, job_queue, results, (budget, plan, resize, one_clip),
                                  decoder_threads(len(decoders)), dict(jobs))
     try:
         for decoder in decoders:
