@@ -391,7 +391,10 @@ def decode_every_packet() -> None:
 def decode_only(paths: list[str], plan, resize, workers: int, hwaccel: str | None = None, hwaccel_workers: int = 0) -> dict:
     import multiprocessing as mp
 
-    from vfeat.pipeline import decoder_threads
+    try:
+        from vfeat.decode_processes import decoder_threads
+    except ImportError:  # a checkout from before it moved (bench/overhead.py --tree)
+        from vfeat.pipeline import decoder_threads
 
     if hwaccel:
         return decode_only_mixed(paths, plan, resize, workers, hwaccel, hwaccel_workers)
@@ -409,11 +412,12 @@ def decode_only(paths: list[str], plan, resize, workers: int, hwaccel: str | Non
 def decode_only_mixed(paths: list[str], plan, resize, workers: int, hwaccel: str | None, hwaccel_workers: int) -> dict:
     """Decode-only through the pipeline's own worker start-up (``workers`` CPU decoders and
     ``hwaccel_workers`` on the GPU's decoder, one shared queue); frames cross to this process as in a run."""
-    from vfeat.pipeline import RunStats, _messages_from_workers
+    from vfeat.decode_processes import decode_in_processes
+    from vfeat.pipeline import RunStats
 
     started = time.perf_counter()
-    frames, rows = _count(_messages_from_workers(list(enumerate(paths)), plan, resize, False, workers, RunStats(),
-                                                 hwaccel, hwaccel_workers))
+    frames, rows = _count(decode_in_processes(list(enumerate(paths)), plan, resize, False, workers, RunStats(),
+                                              hwaccel, hwaccel_workers))
     return _rates(frames, rows, time.perf_counter() - started, videos=len(paths), workers=workers, hwaccel=hwaccel,
                   hwaccel_workers=hwaccel_workers)
 
@@ -664,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         rss_child(args)
         return 0
     from vfeat.models.factory import load_model
-    from vfeat.pipeline import HWACCEL_WORKERS, decode_resize, default_workers
+    from vfeat.decode_processes import HWACCEL_WORKERS, default_workers
+    from vfeat.pipeline import decode_resize
     from vfeat.sampling import SamplingPlan
 
     if args.no_skip:
@@ -766,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
 def small_files_only(args: argparse.Namespace, spec: dict, dirs: dict[str, Path], info: dict, run_dir: Path,
                      argv: list[str] | None) -> int:
     """The many-small-files case alone, at a scale the full benchmark does not run (10,000 clips)."""
-    from vfeat.pipeline import default_workers
+    from vfeat.decode_processes import default_workers
 
     clips = len(videos_in(dirs["tiny"]))
     log(f"many small files: {clips} one-second clips, model loaded by extract()")

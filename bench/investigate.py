@@ -138,14 +138,14 @@ def _fp32_state():
 
 def e2e(inputs: list[str], out: Path, encoder, skip: bool, threads: str, profile: bool = False) -> dict:
     import vfeat
-    import vfeat.pipeline as pipeline
+    import vfeat.decode_processes as decode_processes
 
     import proto_decode
 
     os.environ["VFEAT_PROTO_SKIP"] = "1" if skip else "0"
     os.environ["VFEAT_PROTO_THREADS"] = threads
-    original = pipeline.worker_main
-    pipeline.worker_main = proto_decode.patched_worker_main
+    original = decode_processes.worker_main
+    decode_processes.worker_main = proto_decode.patched_worker_main
     shutil.rmtree(out, ignore_errors=True)
     prof = cProfile.Profile() if profile else None
     waits = {}
@@ -158,7 +158,7 @@ def e2e(inputs: list[str], out: Path, encoder, skip: bool, threads: str, profile
             if prof:
                 prof.disable()
     finally:
-        pipeline.worker_main = original
+        decode_processes.worker_main = original
     result = {"fps": summary.frames / summary.seconds, "frames": summary.frames, "seconds": summary.seconds,
               "decode_wait_s": waits.get("wait", 0.0), "other_load": meter.foreign_share, "failed": summary.videos_failed}
     if prof:

@@ -2,8 +2,8 @@
 
 On a GPU machine one model process receives every decoded frame: 150 KB a frame at 224 px, thousands a
 second when the model is fast enough (ViT-L/14 bf16 encodes ~2,700 frames/s on an H200). This measures the
-decode path of ``vfeat extract`` (``vfeat.pipeline._messages_from_workers``) on every frame of the
-benchmark's 320x240 clips, with the frames in the messages through the results queue's pipe
+decode path of ``vfeat extract`` (``vfeat.decode_processes.decode_in_processes``) on every frame of the
+benchmark's 320x240 clips, with the frames in the messages through each decode process's connection
 (``VFEAT_FRAME_RING=0``, as before the ring) and through the shared-memory ring (``vfeat/frame_ring.py``),
 in interleaved rounds of the same run:
 
@@ -31,13 +31,14 @@ def measure(videos: list[str], workers: int, ring: bool) -> dict:
 
     from vfeat import pipeline
     from vfeat.decode import Resize
+    from vfeat.decode_processes import decode_in_processes
     from vfeat.sampling import SamplingPlan
 
     os.environ["VFEAT_FRAME_RING"] = "1" if ring else "0"  # read when the decode processes start
     frames = 0
     started, cpu_started = time.perf_counter(), time.process_time()
-    for message in pipeline._messages_from_workers(list(enumerate(videos)), SamplingPlan(), Resize(224, 224), False,
-                                                   workers, pipeline.RunStats()):
+    for message in decode_in_processes(list(enumerate(videos)), SamplingPlan(), Resize(224, 224), False, workers,
+                                       pipeline.RunStats()):
         if message[0] == "frames":
             frames += len(message[3])
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started

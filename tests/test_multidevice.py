@@ -239,10 +239,10 @@ def test_a_killed_device_process_is_reported_not_waited_for(tmp_path, repo_root)
     (1, "cuda", 4, 1),
 ])
 def test_default_decode_workers_follow_where_the_model_runs(monkeypatch, cores, device, processes, expected):
-    from vfeat import pipeline
+    from vfeat import decode_processes
 
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: cores)
-    assert pipeline.default_workers(device, processes) == expected
+    monkeypatch.setattr(decode_processes.os, "cpu_count", lambda: cores)
+    assert decode_processes.default_workers(device, processes) == expected
 
 
 @pytest.mark.parametrize("stored", ["all", "some"])

@@ -3,9 +3,12 @@ the frames, the store, the errors.
 
 - decode workers: FFmpeg threads per worker (``VFEAT_DECODE_THREADS``) and hardware decoding
   (``--hwaccel`` / ``VFEAT_HWACCEL``) give the same frames;
-- the frame budget between decode workers and the model process cannot deadlock, whatever its size, with
-  the frames through the shared-memory ring or the pipe; the ring gives way to the pipe where its memory
-  cannot be had, and leaves nothing behind when a run is killed;
+- the frame budget between decode workers and the model process (credits given back over each process's
+  connection) cannot deadlock, whatever its size and however many one-frame videos, with the frames
+  through the shared-memory ring or the pipe; the ring gives way to the pipe where its memory cannot be
+  had, and leaves nothing behind when a run is killed;
+- a decode process that dies (killed mid-video, or halfway through writing a message) costs its video
+  only;
 - model batches mix videos (frames and clips), keep one batch in flight on a GPU (checked in the GPU's
   order of events on the CPU), and drop a video that fails midway without losing the others;
 - the shard writer commits journal parts from a writer thread and merges Zarr parts at most every
@@ -15,11 +18,13 @@ the frames, the store, the errors.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -36,9 +41,10 @@ from vfeat.cli import app
 from vfeat.decode import Resize, decode_selected, probe
 from vfeat.errors import InputError
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
-from vfeat import frame_ring, pipeline
+from vfeat import decode_processes, frame_ring
 from vfeat.frame_ring import FrameRing
-from vfeat.pipeline import Batcher, RunStats, _messages_from_workers, _Video, encode_videos
+from vfeat.decode_processes import decode_in_processes
+from vfeat.pipeline import Batcher, RunStats, _Video, encode_videos
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
 from vfeat.store import spool
@@ -131,15 +137,16 @@ def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget, r
     if ring and not hasattr(os, "memfd_create"):
         pytest.skip("the frame ring needs memfd_create (Linux); elsewhere frames take the pipe, the other case")
     monkeypatch.setenv("VFEAT_FRAME_RING", "1" if ring else "0")
-    monkeypatch.setattr(pipeline, "FRAMES_PER_DECODER", 16 if budget == 1 else pipeline.FRAMES_PER_DECODER)
+    monkeypatch.setattr(decode_processes, "FRAMES_PER_DECODER", 16 if budget == 1 else decode_processes.FRAMES_PER_DECODER)
     taken = _counting_ring_reads(monkeypatch)
     plan, resize = SamplingPlan(), Resize(32, 32)  # all frames: several 16-frame messages per video
     jobs = [(i, str(c)) for i, c in enumerate(clips)]
     got: dict[int, list] = {}
-    for message in _messages_from_workers(jobs, plan, resize, False, 2, RunStats(), frame_budget=budget):
-        assert message[0] != "error", message
-        if message[0] == "frames":
-            got.setdefault(message[1], []).extend(zip(message[2], message[3]))
+    with _hang_guard(120):
+        for message in decode_in_processes(jobs, plan, resize, False, 2, RunStats(), frame_budget=budget):
+            assert message[0] != "error", message
+            if message[0] == "frames":
+                got.setdefault(message[1], []).extend(zip(message[2], message[3]))
     for job, path in jobs:
         expected = [(rows, pixels) for m in decode_job(job, path, plan, resize, False) if m[0] == "frames"
                     for rows, pixels in zip(m[2], m[3])]
@@ -152,6 +159,41 @@ def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget, r
         assert any(0 < n < 16 for n in taken)  # messages cut where the 16-slot rings wrap
 
 
+class Hung(Exception):
+    """Not an OSError (as TimeoutError is): code under test that ignores a failed write must not swallow it."""
+
+
+@contextlib.contextmanager
+def _hang_guard(seconds: int) -> Iterator[None]:
+    """Raise :class:`Hung` in this (the main) thread after ``seconds``: a hung run fails its test instead of
+    hanging the suite. The signal is sent to this thread itself: one sent to the process may land on
+    another thread and leave this one blocked in its system call."""
+    def hung(signum, frame):
+        raise Hung(f"hung for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    timer = threading.Timer(seconds, signal.pthread_kill, (threading.get_ident(), signal.SIGALRM))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_many_one_frame_videos_with_a_large_budget_do_not_stall_the_credits(tmp_path):
+    """A decode process with credits to spare reads none back; if the model process gave credits back a
+    message per frame, a few hundred one-frame videos would fill the connection with them and both
+    processes would wait on each other."""
+    clip = make_video(tmp_path, "one_frame.mp4", duration=0.04, fps=25, size=(32, 32))
+    jobs = [(i, str(clip)) for i in range(600)]
+    with _hang_guard(120):
+        messages = list(decode_in_processes(jobs, SamplingPlan(fps=1.0), Resize(32, 32), False, 1, RunStats(),
+                                            frame_budget=20_000))
+    assert sum(len(m[3]) for m in messages if m[0] == "frames") == len(jobs)
+    assert sum(m[0] == "done" for m in messages) == len(jobs)
+
+
 def test_frames_go_through_the_pipe_when_there_is_no_memory_for_the_ring(clips, monkeypatch, caplog):
     """The ring's pages are allocated when it is made, so a machine without the memory falls back to the
     pipe at once (rather than a decode process dying of SIGBUS when it writes a frame)."""
@@ -162,9 +204,42 @@ def test_frames_go_through_the_pipe_when_there_is_no_memory_for_the_ring(clips, 
     taken = _counting_ring_reads(monkeypatch)
     jobs = [(i, str(c)) for i, c in enumerate(clips[:2])]
     with caplog.at_level(logging.INFO, logger="vfeat.frame_ring"):
-        messages = list(_messages_from_workers(jobs, SamplingPlan(), Resize(224, 224), False, 1, RunStats()))
+        messages = list(decode_in_processes(jobs, SamplingPlan(), Resize(224, 224), False, 1, RunStats()))
     assert sum(len(m[3]) for m in messages if m[0] == "frames") == sum(len(probe(str(c)).pts) for c in clips[:2])
     assert taken == [] and "they go through a pipe" in caplog.text
+
+
+@pytest.mark.parametrize("ring", [True, False], ids=["shared-memory", "pipe"])
+def test_a_decode_process_dying_halfway_through_a_message_fails_its_video_only(clips, ring, tmp_path, monkeypatch):
+    """A decode process killed while it writes a message leaves half a message behind. The model process
+    reads what it sent, fails the video it was decoding, and a new process (in the same ring slots)
+    decodes the rest: every other video's frames arrive, exactly. Through a queue shared by all decode
+    processes this run hung: the reader waited for the rest of the message, and the dead process held the
+    queue's write lock."""
+    if ring and not hasattr(os, "memfd_create"):
+        pytest.skip("the frame ring needs memfd_create (Linux); elsewhere frames take the pipe, the other case")
+    import decoder_faults
+
+    monkeypatch.setenv("VFEAT_FRAME_RING", "1" if ring else "0")
+    monkeypatch.setenv("VFEAT_TEST_DIE_ONCE", str(tmp_path / "died"))
+    monkeypatch.setattr(decode_processes, "worker_main", decoder_faults.dies_halfway_through_its_first_frames_message)
+    taken = _counting_ring_reads(monkeypatch)
+    plan, resize = SamplingPlan(), Resize(224, 224)  # 150 KB a frame: pipe messages far larger than a pipe's buffer
+    jobs = [(i, str(c)) for i, c in enumerate(clips)]
+
+    with _hang_guard(120):
+        messages = list(decode_in_processes(jobs, plan, resize, False, 1, RunStats()))
+    errors = [m for m in messages if m[0] == "error"]
+    assert [m[1] for m in errors] == [0] and "the decode process died (exit code 3) while decoding it" in errors[0][2]
+    assert errors[0][2].startswith(str(clips[0]))
+    assert {m[1] for m in messages if m[0] == "done"} == set(range(1, len(clips)))
+    for job, path in jobs[1:]:
+        expected = [m for m in decode_job(job, path, plan, resize, False) if m[0] == "frames"]
+        got = [m for m in messages if m[0] == "frames" and m[1] == job]
+        assert sum((m[2] for m in got), []) == sum((m[2] for m in expected), [])
+        np.testing.assert_array_equal(np.concatenate([m[3] for m in got]), np.concatenate([m[3] for m in expected]))
+    frames = sum(len(m[3]) for m in messages if m[0] == "frames")
+    assert sum(taken) == (frames if ring else 0)  # the new process wrote into the dead one's slots
 
 
 def _shared_memory_files() -> set[str]:

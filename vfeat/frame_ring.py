@@ -1,12 +1,13 @@
 """Decoded frames from the decode processes to the model process through shared memory.
 
-Through the results queue's pipe a 224 px frame (150 KB) costs the receiving process ~250 us of CPU
+Through a pipe or socket a 224 px frame (150 KB) costs the receiving process ~250 us of CPU
 (kernel copies in 64 KiB pieces, then unpickling): on a GPU machine, where one model process receives
 thousands of frames a second, that alone would take most of a core. Here each decode process owns a ring
 of frame slots in one shared block of memory: it writes a frame into its next free slot and sends only
-``(process, first slot, count)``; the model process copies the frames out and frees the slots (~55 us a
-frame in all, docs/performance.md). The slots are also the bound on decoded frames waiting for the model
-process, as the frame budget is when frames go through the pipe.
+``(process, first slot, count)``; the model process copies the frames out and gives the slots back (~55 us
+a frame in all, docs/performance.md). A process writes only into slots it has credits for
+(:mod:`vfeat.decode_processes`), so its slots are also the bound on its decoded frames waiting for the
+model process.
 
 The block is an anonymous memory file (Linux ``memfd_create``) whose descriptor the decode processes
 inherit when they start: it has no name, so nothing is left behind however the processes end (``kill -9``
@@ -38,11 +39,11 @@ class RingSlots(NamedTuple):
 
 
 class FrameRing:
-    """``processes`` rings of ``slots`` frames of ``frame_shape`` (uint8) in one block of shared memory,
-    and a semaphore of free slots per ring. Made by the model process and passed to each decode process
-    as it is started (the block's descriptor goes with it)."""
+    """``processes`` rings of ``slots`` frames of ``frame_shape`` (uint8) in one block of shared memory.
+    Made by the model process and passed to each decode process as it is started (the block's descriptor
+    goes with it)."""
 
-    def __init__(self, ctx: Any, processes: int, slots: int, frame_shape: tuple[int, ...]) -> None:
+    def __init__(self, processes: int, slots: int, frame_shape: tuple[int, ...]) -> None:
         self.processes, self.slots, self.frame_shape = processes, slots, tuple(frame_shape)
         self.fd = os.memfd_create("vfeat-frame-ring", os.MFD_CLOEXEC)
         try:
@@ -52,15 +53,14 @@ class FrameRing:
         except BaseException:
             os.close(self.fd)
             raise
-        self.free = [ctx.Semaphore(slots) for _ in range(processes)]
 
     @classmethod
-    def create(cls, ctx: Any, processes: int, slots: int, frame_shape: tuple[int, ...] | None) -> FrameRing | None:
+    def create(cls, processes: int, slots: int, frame_shape: tuple[int, ...] | None) -> FrameRing | None:
         """A ring of ``slots`` frames per process, or None where frames must go through the pipe."""
         if frame_shape is None or os.environ.get("VFEAT_FRAME_RING", "1") == "0" or not hasattr(os, "memfd_create"):
             return None
         try:
-            return cls(ctx, processes, slots, frame_shape)
+            return cls(processes, slots, frame_shape)
         except OSError as exc:
             logger.info("no shared memory for decoded frames (%s): they go through a pipe", exc)
             return None
@@ -71,7 +71,7 @@ class FrameRing:
 
     def __reduce__(self) -> tuple:
         # only while a decode process is being started: its copy of the descriptor is handed to it then
-        return (_attach, (reduction.DupFd(self.fd), self.processes, self.slots, self.frame_shape, self.free))
+        return (_attach, (reduction.DupFd(self.fd), self.processes, self.slots, self.frame_shape))
 
     def ring(self, process: int) -> np.ndarray:
         """Decode process ``process``'s slots, [slots, *frame_shape]."""
@@ -79,11 +79,8 @@ class FrameRing:
         return np.ndarray((self.slots, *self.frame_shape), np.uint8, buffer=self.memory, offset=process * per_ring)
 
     def take(self, where: RingSlots) -> np.ndarray:
-        """Copy frames out of the ring (model process) and free their slots."""
-        pixels = self.ring(where.process)[where.start : where.start + where.count].copy()
-        for _ in range(where.count):
-            self.free[where.process].release()
-        return pixels
+        """Copy frames out of the ring (model process); their slots may then be written again."""
+        return self.ring(where.process)[where.start : where.start + where.count].copy()
 
     def close(self) -> None:
         try:
@@ -93,21 +90,22 @@ class FrameRing:
         os.close(self.fd)
 
 
-def _attach(fd: Any, processes: int, slots: int, frame_shape: tuple[int, ...], free: list) -> FrameRing:
+def _attach(fd: Any, processes: int, slots: int, frame_shape: tuple[int, ...]) -> FrameRing:
     ring = FrameRing.__new__(FrameRing)
-    ring.processes, ring.slots, ring.frame_shape, ring.free = processes, slots, frame_shape, free
+    ring.processes, ring.slots, ring.frame_shape = processes, slots, frame_shape
     ring.fd = fd.detach()
     ring.memory = mmap.mmap(ring.fd, ring.size)
     return ring
 
 
 class RingWriter:
-    """A decode process's side of its ring: frames go into the next free slots, in order (the model
-    process frees them in the order they were sent, so the free slots are always the next ones)."""
+    """A decode process's side of its ring: frames go into the next slots, in order, one credit each
+    (``credits.acquire()`` waits for one; the model process takes frames in the order they were sent, so
+    the slots its credits come back for are always the next ones)."""
 
-    def __init__(self, frames: FrameRing, process: int) -> None:
+    def __init__(self, frames: FrameRing, process: int, credits: Any) -> None:
         self.process, self.slots, self.frame_shape = process, frames.ring(process), frames.frame_shape
-        self.free = frames.free[process]
+        self.credits = credits
         self.next = 0
 
     def write(self, job: int, rows: list, pixels: np.ndarray) -> Iterator[tuple]:
@@ -118,7 +116,7 @@ class RingWriter:
             start = self.next
             count = min(len(pixels) - at, len(self.slots) - start)
             for i in range(count):
-                self.free.acquire()
+                self.credits.acquire()
                 self.slots[start + i] = pixels[at + i]
             self.next = (start + count) % len(self.slots)
             yield ("frames", job, rows[at : at + count], RingSlots(self.process, start, count))

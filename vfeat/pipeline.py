@@ -12,10 +12,6 @@ Public pieces, shared by the local :func:`run` and the Ray engine's model actors
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import queue
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,14 +21,14 @@ import numpy as np
 import torch
 
 from vfeat.decode import Resize
-from vfeat.errors import InputError, WorkerError
-from vfeat.frame_ring import FrameRing, RingSlots
+from vfeat.decode_processes import HWACCEL_WORKERS, decode_in_processes, default_workers
+from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
 from vfeat.store.format import Failure, VideoRecord
 from vfeat.store.spool import RowBuffer
-from vfeat.workers import CHUNK_FRAMES, decode_job, worker_main
+from vfeat.workers import decode_job
 
 
 @dataclass
@@ -332,203 +328,9 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
 
 # -- the local engine: decode processes on this machine ----------------------------------------------------
 
-#: decode processes that use the GPU's video decoder under ``--hwaccel`` (beside the CPU ones): NVDEC
-#: needs several sessions in flight to keep its engines busy (7 on an H100/H200)
-HWACCEL_WORKERS = 4
-
-#: decoded frames the queue holds per decode process, at least. A worker takes a unit per frame before it
-#: sends a message of up to CHUNK_FRAMES: with less than a message's worth each, all workers could hold
-#: part of the budget and none could send.
-FRAMES_PER_DECODER = 4 * CHUNK_FRAMES
-
-
-def default_workers(device: torch.device | str = "cpu", processes: int = 1) -> int:
-    """Decode processes for each of ``processes`` model processes on ``device``. With the model on a GPU,
-    decoding is the bottleneck: every core the model processes do not need decodes. With the model on the
-    CPU, the model needs the cores itself and decoding costs a fraction of it (a fifth at 1 fps on 720p):
-    one core fewer than the machine has, at most 8, shared by the model processes."""
-    cores = os.cpu_count() or 2
-    if torch.device(device).type == "cuda":
-        return max(1, (cores - processes) // processes)
-    return max(1, min(8, cores - 1) // processes)
-
-
-def decoder_threads(processes: int) -> int:
-    """FFmpeg threads for each of ``processes`` decode processes: its share of the cores. FFmpeg's default
-    (a thread per core in every process) put 15 x 17 threads on a 16-core GPU machine, and frame threading
-    decodes up to a thread's worth of packets past each wanted frame before the frame comes out, work that
-    GOP skipping would have saved."""
-    return max(1, (os.cpu_count() or 1) // processes)
-
-
 def _messages_inline(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool) -> Iterator[tuple]:
     for job, path in jobs:
         yield from decode_job(job, path, plan, resize, one_clip)
-
-
-class _DecodeProcesses:
-    """The decode processes of one run and the video each took. One that dies while decoding a video (a
-    crash inside the decoder on a bad file, the out-of-memory killer) costs that video only: it is
-    reported failed, and a new process takes over the videos still queued (its frames through the pipe:
-    the dead one's ring slots are abandoned). One that dies before taking any video is not replaced, so
-    processes that cannot start are not started again and again.
-
-    Deaths are decided in queue order: a dead process gets a ``("dead", number)`` marker put on the results
-    queue behind whatever it sent before it died, so its last ``done`` is always read first."""
-
-    def __init__(self, ctx: Any, job_queue: Any, results: Any, decode_args: tuple, threads: int, paths: dict[int, str]) -> None:
-        self.ctx, self.job_queue, self.results = ctx, job_queue, results
-        self.decode_args, self.threads, self.paths = decode_args, threads, paths  # worker_main's budget, plan, resize, one_clip
-        self.procs: list[Any] = []
-        self.hwaccels: list[str | None] = []  # each process's
-        self.took: dict[int, int] = {}  # process number -> the job it took last
-        self.ended: set[int] = set()  # jobs whose decoding ended: done, error, or their process died
-        self.gone: set[int] = set()  # process numbers that said "exit" or were found dead
-        self.marked: set[int] = set()  # dead processes whose marker is on its way
-        self.checked = time.monotonic()
-
-    @property
-    def running(self) -> int:
-        return len(self.procs) - len(self.gone)
-
-    def start(self, hwaccel: str | None, ring: FrameRing | None) -> None:
-        number = len(self.procs)
-        args = (self.job_queue, self.results, *self.decode_args, hwaccel, self.threads, ring, number)
-        self.procs.append(self.ctx.Process(target=worker_main, args=args, daemon=True))
-        self.hwaccels.append(hwaccel)
-        self.procs[-1].start()
-
-    def look_for_deaths(self, every_s: float = 1.0) -> None:
-        """Put a marker behind the last messages of each process found dead (at most every ``every_s``)."""
-        if time.monotonic() - self.checked < every_s:
-            return
-        self.checked = time.monotonic()
-        for number, proc in enumerate(self.procs):
-            if number not in self.gone and number not in self.marked and proc.exitcode is not None:
-                self.marked.add(number)
-                self.results.put(("dead", number))
-
-    def on_message(self, message: tuple) -> tuple | None:
-        """Book-keeping for one message; what to pass on (None: nothing), a failure for a dead process's video."""
-        kind = message[0]
-        if kind == "took":
-            self.took[message[2]] = message[1]
-            return None
-        if kind == "exit":
-            self.gone.add(message[1])
-            return None
-        if kind == "dead":
-            return self._dead(message[1])
-        if kind in ("done", "error"):
-            self.ended.add(message[1])
-        return message
-
-    def _dead(self, number: int) -> tuple | None:
-        if number in self.gone:  # its "exit" came first: it ended as it should
-            return None
-        self.gone.add(number)
-        job = self.took.get(number)
-        if job is None:  # died before taking a video: not replaced (see the class)
-            return None
-        self.job_queue.put(None)  # the new process's end of work, in case the dead one had taken its own
-        self.start(self.hwaccels[number], None)
-        if job in self.ended:
-            return None
-        self.ended.add(job)
-        code = self.procs[number].exitcode
-        how = _signal_name(-code) if code < 0 else f"exit code {code}"
-        return ("error", job, f"{self.paths[job]}: the decode process died ({how}) while decoding it: a crash inside the "
-                              "decoder, or the out-of-memory killer; the other videos go on")
-
-    def decoding(self) -> list[str]:
-        return [self.paths[job] for job in self.took.values() if job not in self.ended]
-
-    def stop(self) -> None:
-        for proc in (p for p in self.procs if p.pid is not None):  # the started ones
-            if proc.is_alive():
-                proc.terminate()
-            proc.join(timeout=5)
-
-
-def _messages_from_workers(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
-                           stats: RunStats, hwaccel: str | None = None, hwaccel_workers: int = 0,
-                           frame_budget: int = 0) -> Iterator[tuple]:
-    """Start ``workers`` CPU decode processes and ``hwaccel_workers`` that decode on the ``hwaccel``
-    device; all take videos from one queue (the faster take more) and their messages come back as they
-    come, the frames through shared memory where it can (:mod:`vfeat.frame_ring`). At most
-    ``frame_budget`` decoded frames wait for this process, and at least :data:`FRAMES_PER_DECODER` per
-    decode process. A process that dies while decoding a video fails that video (an ``error`` message)
-    and is replaced (:class:`_DecodeProcesses`)."""
-    ctx = mp.get_context("spawn")
-    decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])
-    job_queue = ctx.Queue()
-    results = ctx.Queue()
-    frames_waiting = max(frame_budget, FRAMES_PER_DECODER * len(decoders))
-    budget = ctx.Semaphore(frames_waiting)
-    ring = FrameRing.create(ctx, len(decoders), -(-frames_waiting // len(decoders)),
-                            None if resize is None else (resize.crop, resize.crop, 3))
-    for item in jobs:
-        job_queue.put(item)
-    for _ in decoders:
-        job_queue.put(None)
-    processes = _DecodeProcesses(ctx, job_queue, results, (budget, plan, resize, one_clip),
-                                 decoder_threads(len(decoders)), dict(jobs))
-    try:
-        for decoder in decoders:
-            processes.start(decoder, ring)
-        while processes.running:
-            start = time.perf_counter()
-            try:
-                message = results.get(timeout=1.0)
-            except queue.Empty:
-                message = None
-            finally:
-                stats.decode_wait_s += time.perf_counter() - start
-            processes.look_for_deaths()
-            message = None if message is None else processes.on_message(message)
-            if message is None:
-                continue
-            if message[0] == "frames" and isinstance(message[3], RingSlots):
-                message = (*message[:3], ring.take(message[3]))  # type: ignore[union-attr]
-            elif message[0] == "frames":
-                for _ in range(len(message[3])):
-                    budget.release()
-            yield message
-        if len(processes.ended) < len(jobs):  # videos left that no process took: none could start
-            raise WorkerError(_workers_died([p.exitcode for p in processes.procs], processes.decoding()))
-    finally:
-        processes.stop()
-        # jobs no worker took (the workers died, or the run was interrupted) must not hold this process at
-        # exit: a queue's feeder thread waits to hand them over, and the interpreter waits for it
-        job_queue.cancel_join_thread()
-        if ring is not None:
-            ring.close()
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _workers_died(exit_codes: list[int | None], decoding: list[str]) -> str:
-    """Why no decode worker is left. Killed by a signal: the out-of-memory killer, or the decoder crashed on
-    a video (named when its decoding had begun). Exited with an error before any work: usually Python's
-    spawn start method, under which each worker re-imports the caller's main module, which fails for code
-    read from stdin and re-runs unguarded scripts."""
-    signals = sorted({_signal_name(-code) for code in exit_codes if code is not None and code < 0})
-    if signals:
-        where = f" while decoding {', '.join(decoding)}" if decoding else ""
-        return (f"decode processes were killed by {'/'.join(signals)}{where} (exit codes {exit_codes}): the "
-                "out-of-memory killer, or a crash inside the decoder. What was stored is kept: rerun the same command to "
-                "resume, and leave a video out if it brings the decoder down again")
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    hint = ("decode workers are spawned processes that import your main module: put the vfeat calls of a script "
-            "under `if __name__ == \"__main__\":`, run it from a file (not stdin), or pass workers=0 (--workers 0)")
-    if main and not os.path.isfile(main):
-        hint = f"the main module {main!r} is not a file the decode workers can import: " + hint
-    return f"all decode workers exited unexpectedly (exit codes {exit_codes}); {hint}"
 
 
 def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, commit: Callable[[VideoRecord], None],
@@ -548,8 +350,7 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
     hw = (HWACCEL_WORKERS if hwaccel_workers is None else hwaccel_workers) if hwaccel else 0
     messages: Iterable[tuple] = (
         _messages_inline(jobs, plan, resize, one_clip) if workers + hw == 0
-        else _messages_from_workers(jobs, plan, resize, one_clip, workers, stats, hwaccel, hw,
-                                    frame_budget=2 * batch_size)
+        else decode_in_processes(jobs, plan, resize, one_clip, workers, stats, hwaccel, hw, frame_budget=2 * batch_size)
     )
     for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype, stats=stats,
                                 spool_dir=spool_dir):

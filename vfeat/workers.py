@@ -8,11 +8,13 @@ Messages (tuples, cheap to pickle):
   ``pixels`` may instead be :class:`~vfeat.frame_ring.RingSlots`: where the frames wait in shared memory;
 - ``("done", job)`` or ``("error", job, message)``.
 
-A worker process also says ``("took", job, process)`` as it takes a video and ``("exit", process)`` at the end.
+A decode process also says ``("took", job)`` as it takes a video and ``("exit",)`` at the end.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -64,17 +66,55 @@ def decode_job(job: int, path: str, plan: SamplingPlan, resize: Resize, one_clip
         yield ("error", job, f"{path}: {type(exc).__name__}: {exc}")
 
 
-def worker_main(jobs: Any, results: Any, frame_budget: Any, plan: SamplingPlan, resize: Resize, one_clip: bool,
-                hwaccel: str | None = None, threads: int | None = None, ring: FrameRing | None = None, process: int = 0) -> None:
-    """Process entry point: take ``(job, path)`` until ``None``, push messages onto the results queue.
+class FrameCredits:
+    """The decoded frames this process may still send before the model process has taken them: it starts
+    with its share of the frame budget and the model process gives them back, over the same connection,
+    as it takes frames (:mod:`vfeat.decode_processes`). Bounding frames rather than messages lets a process
+    run ahead through many short videos (three messages each) while the model process is busy."""
+
+    def __init__(self, conn: Any, frames: int) -> None:
+        self.conn, self.left = conn, frames
+
+    def acquire(self) -> None:
+        while self.left == 0:
+            self.left += self.conn.recv()
+        self.left -= 1
+
+
+class Outbox:
+    """Messages to the model process, sent in order by a thread of their own: this process decodes on while
+    a large message waits for the model process to read it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._send_all, args=(conn,), name="vfeat-outbox", daemon=True)
+        self.thread.start()
+
+    def put(self, message: tuple) -> None:
+        self.waiting.put(message)
+
+    def _send_all(self, conn: Any) -> None:
+        try:
+            while (message := self.waiting.get()) is not None:
+                conn.send(message)
+        except OSError:  # the model process is gone: the process ends when it next waits for credits
+            pass
+
+    def close(self) -> None:
+        """Send what is waiting, then stop."""
+        self.waiting.put(None)
+        self.thread.join()
+
+
+def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_clip: bool, hwaccel: str | None = None,
+                threads: int | None = None, ring: FrameRing | None = None, process: int = 0, credits: int = 64) -> None:
+    """Process entry point: take ``(job, path)`` from ``jobs`` until ``None``; send the messages on
+    ``conn``, this process's connection to the model process.
 
     ``ring``: frames go into this process's slots of the shared-memory :class:`FrameRing` (number
-    ``process``) and the messages carry only where they are; its free slots bound the decoded frames
-    waiting for the model process. Without a ring the pixels travel in the messages, and
-    ``frame_budget`` (a semaphore shared with the pipeline) bounds them: a worker takes one unit per
-    frame before sending it, the pipeline gives it back on receipt. Bounding frames rather than messages
-    lets workers run ahead through many short videos (three messages each) while the model process is
-    busy with a batch. ``hwaccel`` ("cuda"): this worker decodes on the GPU's video decoder (NVDEC)
+    ``process``) and the messages carry only where they are. Without a ring the pixels travel in the
+    messages. Either way at most ``credits`` decoded frames wait for the model process
+    (:class:`FrameCredits`). ``hwaccel`` ("cuda"): this worker decodes on the GPU's video decoder (NVDEC)
     instead of the CPU. ``threads``: FFmpeg decoding threads of this worker (its share of the cores),
     unless the user set ``VFEAT_DECODE_THREADS`` (0: FFmpeg's default, a thread per core)."""
     import os
@@ -88,25 +128,26 @@ def worker_main(jobs: Any, results: Any, frame_budget: Any, plan: SamplingPlan, 
         os.environ["VFEAT_HWACCEL"] = hwaccel
     if threads:
         os.environ.setdefault("VFEAT_DECODE_THREADS", str(threads))
-    writer = RingWriter(ring, process) if ring is not None else None
+    frame_credits, outbox = FrameCredits(conn, credits), Outbox(conn)
+    writer = RingWriter(ring, process, frame_credits) if ring is not None else None
     try:
-        while True:
-            item = jobs.get()
-            if item is None:
-                results.put(("exit", process))
-                return
+        while (item := jobs.get()) is not None:
             job, path = item
-            results.put(("took", job, process))  # should this process die now, the model process knows which video
+            outbox.put(("took", job))  # should this process die now, the model process knows which video
             for message in decode_job(job, path, plan, resize, one_clip):
                 if message[0] == "frames" and writer is not None and message[3].shape[1:] == writer.frame_shape:
                     for through_ring in writer.write(*message[1:]):
-                        results.put(through_ring)
+                        outbox.put(through_ring)
                     continue
                 if message[0] == "frames":
                     for _ in range(len(message[3])):
-                        frame_budget.acquire()
-                results.put(message)
+                        frame_credits.acquire()
+                outbox.put(message)
+        outbox.put(("exit",))
+    except EOFError:  # the model process is gone (killed): nobody is left to decode for
+        pass
     finally:
+        outbox.close()
         if writer is not None:
             writer.close()
             ring.close()

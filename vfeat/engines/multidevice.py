@@ -81,8 +81,9 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
     already holds videos is checked against them here, before anything is reported as done or a device
     process starts; each device process checks again against its own model. ``on_progress(stats, frames)``
     gets the totals over all device processes after each video any of them finishes."""
+    from vfeat.decode_processes import default_workers
     from vfeat.extractor import ExtractSummary
-    from vfeat.pipeline import RunStats, default_workers
+    from vfeat.pipeline import RunStats
     from vfeat.shards import committed_elsewhere, list_shard
 
     done = committed_elsewhere(out, "")
