@@ -12,7 +12,8 @@ it for ever, and hang the run on a half-written message.
 Frames wait in the process's slots of the shared-memory :class:`~vfeat.frame_ring.FrameRing` (or travel in
 the messages, see there). Either way a decode process may have a fixed number of decoded frames not yet
 taken by the model process, its *credits*: it starts with them, spends one per frame, and the model
-process gives them back over the same connection, a quarter of them at a time, as it takes frames.
+process gives them back over the same connection, in lots (:meth:`DecodeProcesses._give_back`), as it
+takes frames.
 """
 
 from __future__ import annotations
@@ -92,8 +93,6 @@ class DecodeProcesses:
         self.decode_args = decode_args  # worker_main's plan, resize, one_clip
         self.threads = decoder_threads(len(decoders))
         self.credits = max(FRAMES_PER_DECODER, -(-frames_waiting // len(decoders)))
-        # a process waiting for credits holds fewer than a message's frames (CHUNK_FRAMES) it has taken
-        # credits for: what it is owed then is more than credits - CHUNK_FRAMES, and must go back
         self.give_back_at = max(1, min(self.credits // 4, self.credits - CHUNK_FRAMES + 1))
         self.ended: set[int] = set()  # jobs whose decoding ended: done, error, or their process died
         self.job_queue = self.ctx.Queue()
@@ -159,10 +158,12 @@ class DecodeProcesses:
         return message
 
     def _give_back(self, seat: _Seat) -> None:
-        """Credits go back a quarter of them at a time (``give_back_at``): a process reads them only when
-        it runs out, so a message per frame would pile up in the connection (a few hundred one-frame
-        videos fill it, and both processes would then wait on each other). A quarter still leaves it
-        three quarters of its frames to decode on with while the rest come back."""
+        """Credits go back in lots of ``give_back_at``: a process reads them only when it runs out, so a
+        message per frame would pile up in the connection (a few hundred one-frame videos fill it, and
+        both processes would then wait on each other). A lot is a quarter of the credits, which leaves a
+        process three quarters to decode on with while the rest come back; with a small budget it is
+        less: a process waiting for credits holds those of up to a message's frames (CHUNK_FRAMES - 1)
+        that it has not sent yet, so once more than credits - CHUNK_FRAMES are owed they must go back."""
         try:
             seat.conn.send(seat.owed)
         except (BrokenPipeError, ConnectionResetError):  # it has just died: its end of the connection comes next

@@ -106,8 +106,8 @@ class Outbox:
         self.thread.join()
 
 
-def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_clip: bool, hwaccel: str | None = None,
-                threads: int | None = None, ring: FrameRing | None = None, process: int = 0, credits: int = 64) -> None:
+def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_clip: bool, hwaccel: str | None,
+                threads: int | None, ring: FrameRing | None, process: int, credits: int) -> None:
     """Process entry point: take ``(job, path)`` from ``jobs`` until ``None``; send the messages on
     ``conn``, this process's connection to the model process.
 
