@@ -8,17 +8,20 @@ Every fixture here is additive: other test modules keep their own helpers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -263,3 +266,25 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return TESTS.parent
+
+
+class Hung(Exception):
+    """Not an OSError (as TimeoutError is): code under test that ignores a failed write must not swallow it."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int) -> Iterator[None]:
+    """Raise :class:`Hung` in this (the main) thread after ``seconds``: a hung run fails its test instead of
+    hanging the suite. The signal is sent to this thread itself: one sent to the process may land on
+    another thread and leave this one blocked in its system call."""
+    def hung(signum, frame):
+        raise Hung(f"hung for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    timer = threading.Timer(seconds, signal.pthread_kill, (threading.get_ident(), signal.SIGALRM))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGALRM, previous)

@@ -230,6 +230,37 @@ def test_a_killed_device_process_is_reported_not_waited_for(tmp_path, repo_root)
         assert sorted(store.ids) == [f"v{i}.mp4" for i in range(4)]
 
 
+def test_a_device_process_dying_halfway_through_a_message_is_reported_not_waited_for(tmp_path, repo_root, monkeypatch):
+    """A device process killed while it writes to the parent (the out-of-memory killer's likeliest target is
+    a model process) leaves half a message. The parent reads it as that process's end: the run ends with
+    the line naming the device, the other device's videos are stored, and the same command again finishes
+    the store. Through one queue shared by the device processes this run hung on the half message."""
+    import process_faults
+    from conftest import hang_guard
+    from vfeat.engines import multidevice
+    from vfeat.errors import VfeatError
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(4):
+        make_video(folder, f"v{i}.mp4", duration=1.0, fps=10)
+    out = tmp_path / "store"
+    kwargs = dict(model="vfeat-tiny-vit", pretrained="none", model_config=str(repo_root / "tests" / "data" / "vfeat-tiny-vit.json"),
+                  fps=2, workers=0, devices="cpu,cpu")
+    monkeypatch.setenv("VFEAT_TEST_DIE_ONCE", str(tmp_path / "died"))
+    monkeypatch.setattr(multidevice, "_device_main", process_faults.dies_halfway_through_its_first_progress_message)
+    with hang_guard(180), pytest.raises(VfeatError, match=r"its process died \(exit code 3\)") as failed:
+        vfeat.extract([str(folder)], str(out), **kwargs)
+    assert str(failed.value).count("its process died") == 1
+    with vfeat.open_store(str(out)) as store:
+        assert len(store.ids) >= 2  # the other device's two videos
+    monkeypatch.undo()
+    summary = vfeat.extract([str(folder)], str(out), **kwargs)
+    assert summary.videos_failed == 0
+    with vfeat.open_store(str(out)) as store:
+        assert sorted(store.ids) == [f"v{i}.mp4" for i in range(4)]
+
+
 @pytest.mark.parametrize(("cores", "device", "processes", "expected"), [
     (16, "cuda:0", 1, 15),  # a GPU box is decode-bound: every core but the model process's decodes
     (16, "cuda:0", 2, 7),   # two GPUs share the cores; nothing is oversubscribed

@@ -18,13 +18,11 @@ the frames, the store, the errors.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +33,7 @@ import torch
 from typer.testing import CliRunner
 
 import vfeat
-from conftest import make_video, vfeat_command
+from conftest import hang_guard, make_video, vfeat_command
 from vfeat import decode
 from vfeat.cli import app
 from vfeat.decode import Resize, decode_selected, probe
@@ -142,7 +140,7 @@ def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget, r
     plan, resize = SamplingPlan(), Resize(32, 32)  # all frames: several 16-frame messages per video
     jobs = [(i, str(c)) for i, c in enumerate(clips)]
     got: dict[int, list] = {}
-    with _hang_guard(120):
+    with hang_guard(120):
         for message in decode_in_processes(jobs, plan, resize, False, 2, RunStats(), frame_budget=budget):
             assert message[0] != "error", message
             if message[0] == "frames":
@@ -159,35 +157,13 @@ def test_any_frame_budget_delivers_every_frame_without_deadlock(clips, budget, r
         assert any(0 < n < 16 for n in taken)  # messages cut where the 16-slot rings wrap
 
 
-class Hung(Exception):
-    """Not an OSError (as TimeoutError is): code under test that ignores a failed write must not swallow it."""
-
-
-@contextlib.contextmanager
-def _hang_guard(seconds: int) -> Iterator[None]:
-    """Raise :class:`Hung` in this (the main) thread after ``seconds``: a hung run fails its test instead of
-    hanging the suite. The signal is sent to this thread itself: one sent to the process may land on
-    another thread and leave this one blocked in its system call."""
-    def hung(signum, frame):
-        raise Hung(f"hung for {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    timer = threading.Timer(seconds, signal.pthread_kill, (threading.get_ident(), signal.SIGALRM))
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGALRM, previous)
-
-
 def test_many_one_frame_videos_with_a_large_budget_do_not_stall_the_credits(tmp_path):
     """A decode process with credits to spare reads none back; if the model process gave credits back a
     message per frame, a few hundred one-frame videos would fill the connection with them and both
     processes would wait on each other."""
     clip = make_video(tmp_path, "one_frame.mp4", duration=0.04, fps=25, size=(32, 32))
     jobs = [(i, str(clip)) for i in range(600)]
-    with _hang_guard(120):
+    with hang_guard(120):
         messages = list(decode_in_processes(jobs, SamplingPlan(fps=1.0), Resize(32, 32), False, 1, RunStats(),
                                             frame_budget=20_000))
     assert sum(len(m[3]) for m in messages if m[0] == "frames") == len(jobs)
@@ -218,16 +194,16 @@ def test_a_decode_process_dying_halfway_through_a_message_fails_its_video_only(c
     queue's write lock."""
     if ring and not hasattr(os, "memfd_create"):
         pytest.skip("the frame ring needs memfd_create (Linux); elsewhere frames take the pipe, the other case")
-    import decoder_faults
+    import process_faults
 
     monkeypatch.setenv("VFEAT_FRAME_RING", "1" if ring else "0")
     monkeypatch.setenv("VFEAT_TEST_DIE_ONCE", str(tmp_path / "died"))
-    monkeypatch.setattr(decode_processes, "worker_main", decoder_faults.dies_halfway_through_its_first_frames_message)
+    monkeypatch.setattr(decode_processes, "worker_main", process_faults.dies_halfway_through_its_first_frames_message)
     taken = _counting_ring_reads(monkeypatch)
     plan, resize = SamplingPlan(), Resize(224, 224)  # 150 KB a frame: pipe messages far larger than a pipe's buffer
     jobs = [(i, str(c)) for i, c in enumerate(clips)]
 
-    with _hang_guard(120):
+    with hang_guard(120):
         messages = list(decode_in_processes(jobs, plan, resize, False, 1, RunStats()))
     errors = [m for m in messages if m[0] == "error"]
     assert [m[1] for m in errors] == [0] and "the decode process died (exit code 3) while decoding it" in errors[0][2]

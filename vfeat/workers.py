@@ -82,8 +82,9 @@ class FrameCredits:
 
 
 class Outbox:
-    """Messages to the model process, sent in order by a thread of their own: this process decodes on while
-    a large message waits for the model process to read it."""
+    """Messages to the parent process over ``conn``, sent in order by a thread of their own: a decode process
+    decodes on while a large message waits for the model process to read it, and any thread of a device
+    process may report."""
 
     def __init__(self, conn: Any) -> None:
         self.waiting: queue.SimpleQueue = queue.SimpleQueue()
@@ -97,7 +98,7 @@ class Outbox:
         try:
             while (message := self.waiting.get()) is not None:
                 conn.send(message)
-        except OSError:  # the model process is gone: the process ends when it next waits for credits
+        except OSError:  # the parent is gone: a decode process ends when it next waits for credits
             pass
 
     def close(self) -> None:

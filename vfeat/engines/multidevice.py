@@ -3,20 +3,26 @@ and each process runs the single-device pipeline into its own shard ``shard-<ran
 store. Shards never share a video, so the directory is one dataset to every reader. Only the parent
 writes ``manifest.json``: a device process that opens its shard waits until the parent has listed it.
 Each device process reports every finished video, and sends what it would print on stderr, to the parent,
-which shows the progress of all of them with those lines above its progress bar."""
+which shows the progress of all of them with those lines above its progress bar.
+
+Each device process has a connection of its own to the parent (as the decode processes have to theirs,
+:mod:`vfeat.decode_processes`): the end of it, without a ``done``, is a device process that died, and no
+lock is shared that a process killed mid-message (the out-of-memory killer's likeliest target is a model
+process) could hold for ever."""
 
 from __future__ import annotations
 
 import io
 import logging
 import multiprocessing as mp
-import queue
 import sys
 import traceback
+from multiprocessing import connection
 from typing import Any, Callable
 
 from vfeat.errors import VfeatError
 from vfeat.sources import VideoSource
+from vfeat.workers import Outbox
 
 
 class _LinesToParent(io.TextIOBase):
@@ -24,8 +30,8 @@ class _LinesToParent(io.TextIOBase):
     own stderr. Written straight to the terminal, they would land in the middle of the parent's progress bar
     (and a test runner capturing the parent's stderr would miss them)."""
 
-    def __init__(self, results: Any) -> None:
-        self.results, self.pending = results, ""
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox, self.pending = outbox, ""
 
     def writable(self) -> bool:
         return True
@@ -33,44 +39,47 @@ class _LinesToParent(io.TextIOBase):
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            self.results.put(("say", line))
+            self.outbox.put(("say", line))
         return len(text)
 
     def flush(self) -> None:
         if self.pending:
-            self.results.put(("say", self.pending))
+            self.outbox.put(("say", self.pending))
             self.pending = ""
 
 
-def _device_main(results: Any, listed: Any, rank: int, sources: list[VideoSource], out: str, device: str,
-                 workers: int | None, options: dict[str, Any], log_level: int) -> None:
+def _device_main(conn: Any, rank: int, sources: list[VideoSource], out: str, device: str, workers: int | None,
+                 options: dict[str, Any], log_level: int) -> None:
     from vfeat._log import show_warnings
     from vfeat.extractor import extract_sources
 
     logging.getLogger().setLevel(log_level)  # spawned processes start with default logging
-    sys.stderr = _LinesToParent(results)
+    outbox = Outbox(conn)
+    sys.stderr = _LinesToParent(outbox)
     show_warnings()
 
     def opened(shard: str) -> None:  # the parent lists the shard; nothing is committed in it before
-        results.put(("opened", rank, shard))
-        while not listed.wait(timeout=1.0):
-            if not mp.parent_process().is_alive():  # type: ignore[union-attr]
-                raise VfeatError(f"device {device}: the parent process is gone")
+        outbox.put(("opened", shard))
+        try:
+            conn.recv()  # "listed"
+        except EOFError:
+            raise VfeatError(f"device {device}: the parent process is gone") from None
 
     def progress(stats: Any, frames: int) -> None:  # this process's running totals, after each video, as a
-        # snapshot: the queue pickles what it is given later, in its feeder thread, and ``stats`` keeps changing
-        results.put(("progress", rank, (stats.videos_ok, stats.videos_failed, stats.frames, stats.video_seconds), frames))
+        # snapshot: the outbox pickles what it is given later, in its thread, and ``stats`` keeps changing
+        outbox.put(("progress", (stats.videos_ok, stats.videos_failed, stats.frames, stats.video_seconds), frames))
 
     try:
         summary = extract_sources(sources, out, device=device, workers=workers, rank=rank, on_open=opened,
                                   on_progress=progress, **options)
-        outcome = ("done", rank, summary, None)
+        outcome = ("done", summary, None)
     except VfeatError as exc:
-        outcome = ("done", rank, None, str(exc))
+        outcome = ("done", None, str(exc))
     except Exception:  # report, do not hang the parent
-        outcome = ("done", rank, None, f"{device}: {traceback.format_exc(limit=3)}")
+        outcome = ("done", None, f"{device}: {traceback.format_exc(limit=3)}")
     sys.stderr.flush()  # the last line before "done": the parent stops reading this process after it
-    results.put(outcome)
+    outbox.put(outcome)
+    outbox.close()
 
 
 def run_devices(sources: list[VideoSource], out: str, devices: list[str], workers: int | None, options: dict[str, Any],
@@ -97,44 +106,46 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
                               videos_failed=0, frames=0, seconds=0.0)
     per_device = default_workers(devices[0], len(devices)) if workers is None else max(0, workers // len(devices))
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    listed = [ctx.Event() for _ in devices]
-    procs = []
+    procs, pending = [], {}  # pending: the connection of each device process not done yet -> its rank
     for rank, device in enumerate(devices):
-        part = todo[rank:: len(devices)]
-        proc = ctx.Process(target=_device_main, args=(results, listed[rank], rank, part, out, device, per_device, options,
-                                                       logging.getLogger().level))
-        proc.start()
-        procs.append(proc)
-    summaries, errors, pending = [], [], set(range(len(procs)))
+        ours, theirs = ctx.Pipe(duplex=True)
+        procs.append(ctx.Process(target=_device_main, args=(theirs, rank, todo[rank:: len(devices)], out, device, per_device,
+                                                            options, logging.getLogger().level)))
+        procs[-1].start()
+        theirs.close()  # the process holds the only other end now: its death ends the connection
+        pending[ours] = rank
+    summaries, errors = [], []
     totals: dict[int, tuple] = {}  # rank -> (videos_ok, videos_failed, frames, video_seconds) so far
     while pending:
-        try:
-            message = results.get(timeout=1.0)
-        except queue.Empty:
-            # a device process killed (kill -9, out of memory) sends nothing: notice it instead of waiting forever
-            for rank in [r for r in pending if not procs[r].is_alive() and procs[r].exitcode not in (0, None)]:
-                pending.discard(rank)
+        for conn in connection.wait(list(pending)):
+            rank = pending[conn]
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # ended without "done": killed (kill -9, out of memory)
+                del pending[conn]
+                conn.close()
+                procs[rank].join(timeout=5)
                 errors.append(f"device {devices[rank]}: its process died (exit code {procs[rank].exitcode}); the videos it "
                               "committed are kept, run the same command again to finish the rest")
-            continue
-        if message[0] == "opened":
-            _, rank, shard = message
-            list_shard(out, shard)
-            listed[rank].set()
-            continue
-        if message[0] == "say":
-            print(message[1], file=sys.stderr)
-            continue
-        if message[0] == "progress":
-            _, rank, totals[rank], frames = message
-            if on_progress:
-                ok, failed, stored, seconds = (sum(values) for values in zip(*totals.values()))
-                on_progress(RunStats(videos_ok=ok, videos_failed=failed, frames=stored, video_seconds=seconds), frames)
-            continue
-        _, rank, summary, error = message
-        pending.discard(rank)
-        (errors.append(f"device {devices[rank]}: {error}") if error else summaries.append(summary))
+                continue
+            if message[0] == "opened":
+                list_shard(out, message[1])
+                try:
+                    conn.send("listed")
+                except (BrokenPipeError, ConnectionResetError):  # it has just died: its end comes next
+                    pass
+            elif message[0] == "say":
+                print(message[1], file=sys.stderr)
+            elif message[0] == "progress":
+                _, totals[rank], frames = message
+                if on_progress:
+                    ok, failed, stored, seconds = (sum(values) for values in zip(*totals.values()))
+                    on_progress(RunStats(videos_ok=ok, videos_failed=failed, frames=stored, video_seconds=seconds), frames)
+            else:  # done
+                _, summary, error = message
+                del pending[conn]
+                conn.close()
+                (errors.append(f"device {devices[rank]}: {error}") if error else summaries.append(summary))
     for proc in procs:
         proc.join()
     if errors:

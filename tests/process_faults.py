@@ -1,0 +1,45 @@
+"""Process entry points that fail on purpose, for tests of their parent's side. They live in a module of
+their own because a spawned process imports its target by name."""
+
+from __future__ import annotations
+
+import os
+from multiprocessing import connection
+from typing import Any
+
+from vfeat.workers import worker_main
+
+
+def _die_halfway_through_the_first(kind: bytes) -> bool:
+    """Make this process write half of its first message of ``kind`` to its parent and exit with status 3,
+    as when it is killed mid-write; only in the first process to start under ``VFEAT_TEST_DIE_ONCE`` (a
+    marker file's path). True if this is that process."""
+    try:
+        os.close(os.open(os.environ["VFEAT_TEST_DIE_ONCE"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:  # another process died already: this one works
+        return False
+    send = connection.Connection._send
+
+    def half_then_exit(self: Any, buf: Any, *rest: Any) -> None:
+        if kind in bytes(buf[:64]):
+            send(self, bytes(buf[: len(buf) // 2]), *rest)
+            os._exit(3)
+        send(self, buf, *rest)
+
+    connection.Connection._send = half_then_exit  # type: ignore[method-assign]
+    return True
+
+
+def dies_halfway_through_its_first_frames_message(*args: Any) -> None:
+    """vfeat's decode process, the first of which leaves its first ``frames`` message half-written."""
+    _die_halfway_through_the_first(b"frames")
+    worker_main(*args)
+
+
+def dies_halfway_through_its_first_progress_message(*args: Any) -> None:
+    """vfeat's device process (``--devices``), the first of which leaves its first ``progress`` message
+    half-written."""
+    from vfeat.engines.multidevice import _device_main
+
+    _die_halfway_through_the_first(b"progress")
+    _device_main(*args)
