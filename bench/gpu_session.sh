@@ -42,7 +42,7 @@ step b32_ffmpeg_threads && VFEAT_DECODE_THREADS=0 run gpu_b32_ffmpeg_threads 75 
 step b32 && run gpu_b32 75 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b32.json"
 step l14 && run gpu_l14 90 bench/extract.py $COMMON --model ViT-L-14 --precision bf16 --batch-size 128 --skip-small-files --out-json "$OUT_DIR/gpu_l14.json"
 # the model-bound case: every frame of the 320x240 clips, which 15 decoders deliver faster than ViT-L/14 encodes
-step l14_model_bound && run gpu_l14_model_bound 90 bench/extract.py $COMMON --replicate 20 --clips-only --fps 25 --model ViT-L-14 --precision bf16 --batch-size 128 --skip-small-files --out-json "$OUT_DIR/gpu_l14_model_bound.json"
+step l14_model_bound && run gpu_l14_model_bound 90 bench/extract.py $COMMON --replicate ${MODEL_BOUND_REPLICATE:-20} --clips-only --fps 25 --model ViT-L-14 --precision bf16 --batch-size 128 --skip-small-files --out-json "$OUT_DIR/gpu_l14_model_bound.json"
 step b16 && run gpu_b16 75 bench/extract.py $COMMON --model ViT-B-16 --precision bf16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b16.json"
 step nvdec && run nvdec 110 bench/nvdec.py --corpus gpu_corpus --replicate 30 --mixes "${NVDEC_MIXES:-15+0,0+4,0+8,15+4,8+8}" --out-json "$OUT_DIR/nvdec.json"
 if step b32_nvdec && python3 -c "import json,sys; c=json.load(open('$OUT_DIR/nvdec.json'))['check']; sys.exit(0 if all(v.get('nvdec_works') for v in c.values()) else 1)" 2>/dev/null; then
