@@ -870,8 +870,8 @@ def report(r: dict) -> str:
         row("  seconds of video per second (x real time)", f"{r['e2e']['x_real_time']:.1f}")
     if "timings" in r["e2e"]:
         t = r["e2e"]["timings"]
-        row("  model process: frame wait / model / last merge, s",
-            " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("decode_wait_s", "model_s", "store_close_s")))
+        row("  model process: warm-up / frame wait / model / last merge, s",
+            " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("warm_up_s", "decode_wait_s", "model_s", "store_close_s")))
     if r["e2e"].get("gpu_utilisation") is not None:
         row("  GPU utilisation during end to end (mean, nvidia-smi)", f"{r['e2e']['gpu_utilisation']:.0f}%")
     if "baseline" in r:

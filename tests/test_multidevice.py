@@ -72,7 +72,7 @@ def test_device_processes_report_progress_after_each_video(tmp_path, repo_root, 
     assert sum(frames for _, frames in calls) == summary.frames  # each call's new frames add up to the store's
     assert last.video_seconds == pytest.approx(1.0 + 1.5 + 2.0 + 2.5, abs=1e-6)
     # where the time went: the slowest device process's own timings (there were none before)
-    assert set(summary.timings) == {"model_load_s", "decode_wait_s", "model_s", "store_close_s"}
+    assert set(summary.timings) == {"model_load_s", "warm_up_s", "decode_wait_s", "model_s", "store_close_s"}
     assert 0 < summary.timings["model_s"] <= summary.seconds
     skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vfeat: skipped")]
     assert len(skipped) == 1 and "broken.mp4" in skipped[0] and "not a video file" in skipped[0]

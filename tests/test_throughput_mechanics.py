@@ -488,16 +488,50 @@ def test_clip_batches_across_videos_give_every_clip_its_own_embedding(in_flight,
 
 
 def test_extraction_in_the_gpus_order_of_events_equals_the_cpus(tmp_path, clips, tiny_model, monkeypatch):
-    """The whole pipeline, with a batch kept in flight as on a GPU: the same store."""
+    """The whole pipeline, warmed up and with a batch kept in flight as on a GPU: the same store."""
     kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, workers=1, batch_size=7)
-    vfeat.extract([str(c) for c in clips], str(tmp_path / "cpu.zarr"), **kwargs)
+    cpu_summary = vfeat.extract([str(c) for c in clips], str(tmp_path / "cpu.zarr"), **kwargs)
     monkeypatch.setattr(Batcher, "in_flight_on_cpu", True)
-    vfeat.extract([str(c) for c in clips], str(tmp_path / "gpu.zarr"), **kwargs)
+    monkeypatch.setattr(Batcher, "warm_up_on_cpu", True)
+    gpu_summary = vfeat.extract([str(c) for c in clips], str(tmp_path / "gpu.zarr"), **kwargs)
+    assert cpu_summary.timings["warm_up_s"] == 0 < gpu_summary.timings["warm_up_s"]
     with vfeat.open_store(str(tmp_path / "cpu.zarr")) as cpu, vfeat.open_store(str(tmp_path / "gpu.zarr")) as gpu:
         assert sorted(cpu.ids) == sorted(gpu.ids) and len(cpu.ids) == len(clips)
         for vid in cpu.ids:
             np.testing.assert_array_equal(cpu[vid][0], gpu[vid][0])
             np.testing.assert_array_equal(cpu[vid][1], gpu[vid][1])
+
+
+def test_the_warm_up_runs_one_full_batch_of_blank_frames_and_hands_out_nothing():
+    encoder = ChannelMeans()
+    batcher = Batcher(encoder, batch_size=5, device=torch.device("cpu"), dtype=torch.float32)
+    batcher.warm_up()
+    assert encoder.batches == [5]
+    assert batcher.in_flight is None and batcher.units == [] and batcher.pending == 0
+
+
+def test_a_clip_models_warm_up_is_a_batch_of_whole_clips(monkeypatch):
+    encoder, shapes = ClipMeans(), []
+    monkeypatch.setattr(encoder, "encode_video", lambda pixels: shapes.append(tuple(pixels.shape)) or ClipMeans.encode_video(encoder, pixels))
+    Batcher(encoder, batch_size=10, device=torch.device("cpu"), dtype=torch.float32).warm_up(frames_per_clip=4)
+    assert shapes == [(3, 4, 3, 8, 8)]  # a batch runs once it holds batch_size frames: 3 clips of 4
+
+
+def test_the_model_warms_up_while_the_decode_processes_start(tmp_path, clips, tiny_model, monkeypatch):
+    """The warm-up costs nothing only if the decode processes are already starting meanwhile."""
+    import multiprocessing
+
+    running_during_warm_up: list[int] = []
+    warm_up = Batcher.warm_up
+
+    def watched(self, *args):
+        running_during_warm_up.append(len(multiprocessing.active_children()))
+        warm_up(self, *args)
+
+    monkeypatch.setattr(Batcher, "warm_up_on_cpu", True)
+    monkeypatch.setattr(Batcher, "warm_up", watched)
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "s.zarr"), **dict(tiny_model.extract_kwargs(), fps=10.0, workers=2))
+    assert running_during_warm_up == [2]
 
 
 def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):

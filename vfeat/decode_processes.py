@@ -109,6 +109,12 @@ class DecodeProcesses:
             self.stop()
             raise
 
+    def __enter__(self) -> DecodeProcesses:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def _start(self, number: int) -> None:
         seat = self.seats[number]
         ours, theirs = self.ctx.Pipe(duplex=True)
@@ -206,20 +212,24 @@ class DecodeProcesses:
             self.ring.close()
 
 
+def start_decode_processes(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
+                           hwaccel: str | None = None, hwaccel_workers: int = 0, frame_budget: int = 0) -> DecodeProcesses:
+    """Start decoding ``jobs`` in ``workers`` CPU decode processes and ``hwaccel_workers`` that decode on the
+    ``hwaccel`` device; all take videos from one queue (the faster take more). At most ``frame_budget``
+    decoded frames wait for the model process, and at least :data:`FRAMES_PER_DECODER` per decode process.
+    Use the result as a context manager: leaving it stops the processes."""
+    decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])
+    return DecodeProcesses(jobs, (plan, resize, one_clip), decoders, frame_budget,
+                           None if resize is None else (resize.crop, resize.crop, 3))
+
+
 def decode_in_processes(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
                         stats: RunStats, hwaccel: str | None = None, hwaccel_workers: int = 0,
                         frame_budget: int = 0) -> Iterator[tuple]:
-    """Decode ``jobs`` in ``workers`` CPU decode processes and ``hwaccel_workers`` that decode on the
-    ``hwaccel`` device; all take videos from one queue (the faster take more) and their messages come
-    back as they come. At most ``frame_budget`` decoded frames wait for the model process, and at least
-    :data:`FRAMES_PER_DECODER` per decode process. ``stats.decode_wait_s`` adds up the time spent waiting."""
-    decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])
-    processes = DecodeProcesses(jobs, (plan, resize, one_clip), decoders, frame_budget,
-                                None if resize is None else (resize.crop, resize.crop, 3))
-    try:
+    """The messages of :func:`start_decode_processes`' processes as they come; ``stats.decode_wait_s`` adds
+    up the time spent waiting for them. The processes start at the first message asked for."""
+    with start_decode_processes(jobs, plan, resize, one_clip, workers, hwaccel, hwaccel_workers, frame_budget) as processes:
         yield from processes.messages(stats)
-    finally:
-        processes.stop()
 
 
 def _signal_name(number: int) -> str:

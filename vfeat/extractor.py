@@ -203,8 +203,8 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
         out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,
         video_seconds=stats.video_seconds,
-        timings={"model_load_s": model_load_s, "decode_wait_s": stats.decode_wait_s, "model_s": stats.model_s,
-                 "store_close_s": close_s},
+        timings={"model_load_s": model_load_s, "warm_up_s": stats.warm_up_s, "decode_wait_s": stats.decode_wait_s,
+                 "model_s": stats.model_s, "store_close_s": close_s},
     )
 
 

@@ -3,7 +3,8 @@
 Decoding runs in worker processes that hand frames over through shared memory, at most a bounded number
 waiting (memory stays bounded whatever the video length); the model runs here, on batches that mix frames
 (or clips) of several videos so short videos still fill a batch, one batch in flight on a GPU while the
-next is gathered; a video is handed to the writer when all its rows are encoded.
+next is gathered (and a first batch of blank frames while the workers start); a video is handed to the
+writer when all its rows are encoded.
 
 Public pieces, shared by the local :func:`run` and the Ray engine's model actors:
 :func:`check_plan`, :func:`decode_resize` and :func:`one_clip_per_video` (what the decoder must deliver),
@@ -12,6 +13,7 @@ Public pieces, shared by the local :func:`run` and the Ray engine's model actors
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from vfeat.decode import Resize
-from vfeat.decode_processes import HWACCEL_WORKERS, decode_in_processes, default_workers
+from vfeat.decode_processes import HWACCEL_WORKERS, default_workers, start_decode_processes
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
@@ -57,6 +59,7 @@ class RunStats:
     video_seconds: float = 0.0  # duration of the videos stored: with wall time, how many times real time
     decode_wait_s: float = 0.0
     model_s: float = 0.0
+    warm_up_s: float = 0.0  # the model's first batch, on blank frames, while the decode processes start
 
 
 def report(result: VideoRecord | Failure, stats: RunStats, on_progress: Callable[[RunStats, int], None] | None = None) -> None:
@@ -93,6 +96,8 @@ class Batcher:
 
     #: keep a batch in flight on the CPU too: the GPU's order of events, for tests without a GPU
     in_flight_on_cpu = False
+    #: warm the model up on the CPU too (see :meth:`warm_up`), for tests without a GPU
+    warm_up_on_cpu = False
 
     def __init__(self, encoder: VideoEncoder, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         self.encoder, self.device, self.dtype = encoder, device, dtype
@@ -135,6 +140,21 @@ class Batcher:
         """Run what is collected and hand out every output: the end of the input."""
         self.run()
         self._collect()
+
+    def warm_up(self, frames_per_clip: int | None = None) -> None:
+        """Run one full batch of blank frames through the whole path and wait for it; its outputs go nowhere.
+        A GPU's first batches pay for loading kernels, choosing matrix algorithms and allocating page-locked
+        memory; done while the decode processes start (a second or so in which the model process has no
+        frames anyway), that costs the run nothing. ``frames_per_clip``: a clip model's frames per clip."""
+        shape = (self.size, self.size, 3)
+        if self.frame_level:
+            units = [(None, None, np.zeros((self.batch_size, *shape), np.uint8))]
+        else:
+            frames = frames_per_clip or 1
+            units = [(None, i, np.zeros((frames, *shape), np.uint8)) for i in range(-(-self.batch_size // frames))]
+        flight = self._launch(units)  # type: ignore[arg-type]
+        if flight.ready is not None:
+            flight.ready.synchronize()
 
     def _stage(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """The batch's pixels in one host tensor, in page-locked memory on a GPU (the copy to the device
@@ -201,6 +221,10 @@ class Batcher:
             if frame_out is not None:
                 video.frame_features[rows] = frame_out[i]  # type: ignore[index]
             video.rows_encoded += len(rows)
+
+
+def _compute_dtype(encoder: VideoEncoder) -> torch.dtype:
+    return getattr(encoder, "compute_dtype", torch.float32)
 
 
 def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.dtype) -> VideoRecord:
@@ -279,7 +303,7 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
     ``spool_dir``: where a long video's rows go once they outgrow memory (:mod:`vfeat.store.spool`); its
     record then names a file there. ``None`` keeps every video in memory (records that travel to another
     machine)."""
-    batch = Batcher(encoder, batch_size, encoder.device, getattr(encoder, "compute_dtype", torch.float32))
+    batch = Batcher(encoder, batch_size, encoder.device, _compute_dtype(encoder))
     store_dtype = np.dtype(storage_dtype)
     videos: dict[int, _Video] = {}
 
@@ -348,15 +372,23 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
     jobs = [(i, s.path) for i, s in enumerate(sources)]
     workers = default_workers(encoder.device) if workers is None else workers
     hw = (HWACCEL_WORKERS if hwaccel_workers is None else hwaccel_workers) if hwaccel else 0
-    messages: Iterable[tuple] = (
-        _messages_inline(jobs, plan, resize, one_clip) if workers + hw == 0
-        else decode_in_processes(jobs, plan, resize, one_clip, workers, stats, hwaccel, hw, frame_budget=2 * batch_size)
-    )
-    for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype, stats=stats,
-                                spool_dir=spool_dir):
-        if isinstance(result, Failure):
-            fail(result)
+    with contextlib.ExitStack() as running:
+        messages: Iterable[tuple]
+        if workers + hw == 0:
+            messages = _messages_inline(jobs, plan, resize, one_clip)
         else:
-            commit(result)
-        report(result, stats, on_progress)
+            processes = running.enter_context(start_decode_processes(jobs, plan, resize, one_clip, workers, hwaccel, hw,
+                                                                     frame_budget=2 * batch_size))
+            messages = processes.messages(stats)
+            if encoder.device.type == "cuda" or Batcher.warm_up_on_cpu:  # on the CPU it would take cores from decoding
+                started = time.perf_counter()
+                Batcher(encoder, batch_size, encoder.device, _compute_dtype(encoder)).warm_up(plan.clip_len or plan.num_frames)
+                stats.warm_up_s = time.perf_counter() - started
+        for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype,
+                                    stats=stats, spool_dir=spool_dir):
+            if isinstance(result, Failure):
+                fail(result)
+            else:
+                commit(result)
+            report(result, stats, on_progress)
     return stats
