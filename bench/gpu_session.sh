@@ -8,6 +8,8 @@
 #              --tiny-clips 100 --long-minutes 0
 #   there: bash bench/gpu_session.sh OUT_DIR        (PyAV, open_clip, zarr as wheels under .whl/ if missing)
 #          STEPS="b32 l14" bash bench/gpu_session.sh OUT_DIR   runs only those steps (names below)
+#          SCALE=4 STEPS="b16 l14_model_bound" bash bench/gpu_session.sh OUT_DIR   4x as many copies of each
+#              video, and 4x the time limits: runs of ~40 s, where the decoders' ~0.7 s start-up weighs 2%
 # Writes gpu_*.json, overhead.json, nvdec.json and logs.tgz (the full logs) into OUT_DIR; prints each table.
 set -u
 OUT_DIR=${1:-bench/out/gpu}
@@ -25,10 +27,13 @@ from av.codec.hwaccel import hwdevices_available
 print("torch", torch.__version__, "pyav", av.__version__, "open_clip", open_clip.__version__, "zarr", zarr.__version__,
       "gpu", torch.cuda.get_device_name(0), "hwdevices", hwdevices_available())
 EOF
-CORPUS="--corpus gpu_corpus --long-seconds 16 --short-clips 12 --tiny-clips 100 --long-minutes 0 --replicate ${REPLICATE:-60}"
+SCALE=${SCALE:-1}
+REPLICATE=${REPLICATE:-$(( 60 * SCALE ))}
+MODEL_BOUND_REPLICATE=${MODEL_BOUND_REPLICATE:-$(( 20 * SCALE ))}
+CORPUS="--corpus gpu_corpus --long-seconds 16 --short-clips 12 --tiny-clips 100 --long-minutes 0 --replicate $REPLICATE"
 COMMON="$CORPUS --device cuda --skip-baseline --repeat 1"
 run() {  # name, seconds, args...
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(( $2 * SCALE )); shift 2
   echo "=== $name"
   timeout "$limit" python3 "$@" > "$LOG_DIR/$name.log" 2>&1
   echo "rc $?"
@@ -42,15 +47,15 @@ step b32_ffmpeg_threads && VFEAT_DECODE_THREADS=0 run gpu_b32_ffmpeg_threads 75 
 step b32 && run gpu_b32 75 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b32.json"
 step l14 && run gpu_l14 90 bench/extract.py $COMMON --model ViT-L-14 --precision bf16 --batch-size 128 --skip-small-files --out-json "$OUT_DIR/gpu_l14.json"
 # the model-bound case: every frame of the 320x240 clips, which 15 decoders deliver faster than ViT-L/14 encodes
-step l14_model_bound && run gpu_l14_model_bound 90 bench/extract.py $COMMON --replicate ${MODEL_BOUND_REPLICATE:-20} --clips-only --fps 25 --model ViT-L-14 --precision bf16 --batch-size 128 --skip-small-files --out-json "$OUT_DIR/gpu_l14_model_bound.json"
+step l14_model_bound && run gpu_l14_model_bound 90 bench/extract.py $COMMON --replicate $MODEL_BOUND_REPLICATE --clips-only --fps 25 --model ViT-L-14 --precision bf16 --batch-size 128 --skip-small-files --out-json "$OUT_DIR/gpu_l14_model_bound.json"
 step b16 && run gpu_b16 75 bench/extract.py $COMMON --model ViT-B-16 --precision bf16 --batch-size 256 --skip-small-files --out-json "$OUT_DIR/gpu_b16.json"
 step nvdec && run nvdec 110 bench/nvdec.py --corpus gpu_corpus --replicate 30 --mixes "${NVDEC_MIXES:-15+0,0+4,0+8,15+4,8+8}" --out-json "$OUT_DIR/nvdec.json"
 if step b32_nvdec && python3 -c "import json,sys; c=json.load(open('$OUT_DIR/nvdec.json'))['check']; sys.exit(0 if all(v.get('nvdec_works') for v in c.values()) else 1)" 2>/dev/null; then
   run gpu_b32_nvdec 90 bench/extract.py $COMMON --model ViT-B-32 --precision fp16 --batch-size 256 --hwaccel cuda --skip-small-files --out-json "$OUT_DIR/gpu_b32_nvdec.json"
 fi
 if step overhead; then  # the pipeline's own overhead at this core count: a stub model (batches normalised on the GPU)
-  REP=gpu_corpus/full/replicated-${REPLICATE:-60}
-  python3 -c "import sys; sys.path.insert(0, 'bench'); import extract as b; from pathlib import Path; r = Path('gpu_corpus/full'); b.replicate({n: r / n for n in ('short', 'tiny', 'long')}, r, ${REPLICATE:-60})"
+  REP=gpu_corpus/full/replicated-$REPLICATE
+  python3 -c "import sys; sys.path.insert(0, 'bench'); import extract as b; from pathlib import Path; r = Path('gpu_corpus/full'); b.replicate({n: r / n for n in ('short', 'tiny', 'long')}, r, $REPLICATE)"
   run overhead 150 bench/overhead.py --workers $(( $(nproc) - 1 )) --decode-threads 1 --rounds 2 --device "${OVERHEAD_DEVICE:-cuda}" \
       --out-json "$OUT_DIR/overhead.json" $REP/short $REP/tiny $REP/long
 fi

@@ -79,8 +79,6 @@ def decode_variants(paths: list[str]) -> dict:
 def model_variants(batch: int = 64, batches: int = 5) -> dict:
     import torch
 
-    from vfeat.models.factory import load_model
-
     out = {}
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     reference = None
