@@ -235,3 +235,6 @@ def test_successful_run_exit_0_and_summary_line(tmp_path, tiny_model, small_vide
                                  "--no-progress", "--dtype", "float32", *tiny_model.cli_args(tiny_model.archive)])
     assert result.exit_code == 0, result.output
     assert "1 stored, 0 failed, 0 already in the store; 3 frames" in one_line(result.output)
+    times = re.search(r"time: (.*?) s$", one_line(result.output)).group(1)
+    assert times.startswith("model load ") and "model " in times and "store close " in times
+    assert "warm up" not in times  # a CPU run does not warm up: no "warm up 0.0 s" to puzzle over

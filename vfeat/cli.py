@@ -112,7 +112,8 @@ def extract(
         markup=False, highlight=False,
     )
     if summary.timings:
-        console.print("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in summary.timings.items()),
+        shown = {k: v for k, v in summary.timings.items() if k != "warm_up_s" or v > 0}  # the warm-up runs on GPUs only
+        console.print("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in shown.items()),
                       markup=False, highlight=False)
     if json_out:
         Path(json_out).write_text(json.dumps({
