@@ -14,9 +14,7 @@ def _die_halfway_through_the_first(kind: bytes) -> bool:
     """Make this process write half of its first message of ``kind`` to its parent and exit with status 3,
     as when it is killed mid-write; only in the first process to start under ``VFEAT_TEST_DIE_ONCE`` (a
     marker file's path). True if this is that process."""
-    try:
-        os.close(os.open(os.environ["VFEAT_TEST_DIE_ONCE"], os.O_CREAT | os.O_EXCL))
-    except FileExistsError:  # another process died already: this one works
+    if not _first_to_start():  # another process died already: this one works
         return False
     send = connection.Connection._send
 
@@ -33,6 +31,21 @@ def _die_halfway_through_the_first(kind: bytes) -> bool:
 def dies_halfway_through_its_first_frames_message(*args: Any) -> None:
     """vfeat's decode process, the first of which leaves its first ``frames`` message half-written."""
     _die_halfway_through_the_first(b"frames")
+    worker_main(*args)
+
+
+def _first_to_start() -> bool:
+    try:
+        os.close(os.open(os.environ["VFEAT_TEST_DIE_ONCE"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+def dies_before_taking_a_video(*args: Any) -> None:
+    """vfeat's decode process, the first of which exits (status 3) at once, as one that cannot start."""
+    if _first_to_start():
+        os._exit(3)
     worker_main(*args)
 
 

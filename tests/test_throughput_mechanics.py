@@ -218,6 +218,31 @@ def test_a_decode_process_dying_halfway_through_a_message_fails_its_video_only(c
     assert sum(taken) == (frames if ring else 0)  # the new process wrote into the dead one's slots
 
 
+def test_a_decode_process_that_dies_before_taking_a_video_is_not_replaced_and_the_others_decode_all(clips, tmp_path,
+                                                                                                   monkeypatch):
+    """A process that cannot start costs no video: the others take every one. It is not started again (one
+    that fails at start would fail again, for ever)."""
+    import process_faults
+
+    monkeypatch.setenv("VFEAT_TEST_DIE_ONCE", str(tmp_path / "died"))
+    monkeypatch.setattr(decode_processes, "worker_main", process_faults.dies_before_taking_a_video)
+    started = []
+    start = decode_processes.DecodeProcesses._start
+    monkeypatch.setattr(decode_processes.DecodeProcesses, "_start", lambda self, n: started.append(n) or start(self, n))
+    plan, resize = SamplingPlan(fps=5.0), Resize(32, 32)
+    jobs = [(i, str(c)) for i, c in enumerate(clips)]
+
+    with hang_guard(120):
+        messages = list(decode_in_processes(jobs, plan, resize, False, 2, RunStats()))
+    assert [m for m in messages if m[0] == "error"] == []
+    assert sorted(m[1] for m in messages if m[0] == "done") == list(range(len(clips)))
+    for job, path in jobs:
+        expected = [m for m in decode_job(job, path, plan, resize, False) if m[0] == "frames"]
+        got = [m for m in messages if m[0] == "frames" and m[1] == job]
+        np.testing.assert_array_equal(np.concatenate([m[3] for m in got]), np.concatenate([m[3] for m in expected]))
+    assert (tmp_path / "died").exists() and sorted(started) == [0, 1]
+
+
 def _shared_memory_files() -> set[str]:
     # multiprocessing's own named semaphores (sem.*) are left out: a killed process group leaks those
     # whatever vfeat does, since its resource tracker dies with it
