@@ -11,6 +11,7 @@
 #          SCALE=4 STEPS="b16 l14_model_bound" bash bench/gpu_session.sh OUT_DIR   4x as many copies of each
 #              video, and 4x the time limits: runs of ~40 s, where the decoders' ~0.7 s start-up weighs 2%
 # Writes gpu_*.json, overhead.json, nvdec.json and logs.tgz (the full logs) into OUT_DIR; prints each table.
+# Step "cold" (not in the default list): a freshly loaded L/14's first run with VFEAT_WARM_UP=0 and 1.
 set -u
 OUT_DIR=${1:-bench/out/gpu}
 LOG_DIR=$(mktemp -d)
@@ -58,6 +59,13 @@ if step overhead; then  # the pipeline's own overhead at this core count: a stub
   python3 -c "import sys; sys.path.insert(0, 'bench'); import extract as b; from pathlib import Path; r = Path('gpu_corpus/full'); b.replicate({n: r / n for n in ('short', 'tiny', 'long')}, r, $REPLICATE)"
   run overhead 150 bench/overhead.py --workers $(( $(nproc) - 1 )) --decode-threads 1 --rounds 2 --device "${OVERHEAD_DEVICE:-cuda}" \
       --out-json "$OUT_DIR/overhead.json" $REP/short $REP/tiny $REP/long
+fi
+if step cold; then  # a command-line run's cold start, L/14 model-bound, without and with the warm-up (interleaved)
+  python3 -c "import sys; sys.path.insert(0, 'bench'); import extract as b; from pathlib import Path; r = Path('gpu_corpus/full'); b.replicate({'short': r / 'short'}, r, $MODEL_BOUND_REPLICATE)"
+  for round in 1 2; do for w in 0 1; do
+    VFEAT_WARM_UP=$w run cold_warm_up_${w}_$round 60 bench/profile_e2e.py --cold-only --device cuda --model ViT-L-14 --precision bf16 \
+        --batch-size 128 --fps 25 --out /tmp/cold gpu_corpus/full/replicated-$MODEL_BOUND_REPLICATE/short
+  done; done
 fi
 step small && run gpu_small 80 bench/extract.py $CORPUS --device cuda --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"
 exit 0

@@ -8,6 +8,9 @@ timed alone, once with ``py-spy record --idle --nonblocking`` on this process (t
 decode processes are not sampled). Writes the raw stacks (``OUT_DIR/<name>.stacks``) and prints, for each
 thread, the share of samples in each stage of the model process's loop. Needs ``py-spy`` (pip) and the
 right to trace this process (root, or ptrace_scope 0).
+
+``--cold-only``: the first run alone, as a command-line run starts: the model freshly loaded, no batch
+before (compare ``VFEAT_WARM_UP=0`` with the default to see what the warm-up buys).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def main() -> int:
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=HERE / "out" / "profile")
+    p.add_argument("--cold-only", action="store_true", help="one run on the freshly loaded model, no profile")
     args = p.parse_args()
     logging_quiet()
     from vfeat.models.factory import load_model
@@ -90,6 +94,11 @@ def main() -> int:
     name = f"{args.model}-{args.precision}-b{args.batch_size}-fps{args.fps:g}"
     inputs = videos_in(*args.folders)
     encoder = load_model(args.model, "none", device=args.device, precision=args.precision)
+    if args.cold_only:
+        log(f"{name}: {len(inputs)} videos; one run on the freshly loaded model, VFEAT_WARM_UP={os.environ.get('VFEAT_WARM_UP', '1')}")
+        run(inputs, args.out / "stores" / "1.zarr", args, encoder)
+        shutil.rmtree(args.out / "stores", ignore_errors=True)
+        return 0
     log(f"{name}: {len(inputs)} videos; run 1 alone, run 2 under py-spy")
     run(inputs, args.out / "stores" / "1.zarr", args, encoder)
     stacks = args.out / f"{name}.stacks"

@@ -557,6 +557,9 @@ def test_the_model_warms_up_while_the_decode_processes_start(tmp_path, clips, ti
     monkeypatch.setattr(Batcher, "warm_up", watched)
     vfeat.extract([str(c) for c in clips], str(tmp_path / "s.zarr"), **dict(tiny_model.extract_kwargs(), fps=10.0, workers=2))
     assert running_during_warm_up == [2]
+    monkeypatch.setenv("VFEAT_WARM_UP", "0")  # off, to measure what it buys
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "t.zarr"), **dict(tiny_model.extract_kwargs(), fps=10.0, workers=2))
+    assert running_during_warm_up == [2]
 
 
 def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ Public pieces, shared by the local :func:`run` and the Ray engine's model actors
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -223,6 +224,14 @@ class Batcher:
             video.rows_encoded += len(rows)
 
 
+def _warm_up_wanted(encoder: VideoEncoder) -> bool:
+    """On a GPU, unless ``VFEAT_WARM_UP=0`` (to measure what it buys); on the CPU a batch of blank frames
+    would take cores from decoding."""
+    if os.environ.get("VFEAT_WARM_UP", "1") == "0":
+        return False
+    return encoder.device.type == "cuda" or Batcher.warm_up_on_cpu
+
+
 def _compute_dtype(encoder: VideoEncoder) -> torch.dtype:
     return getattr(encoder, "compute_dtype", torch.float32)
 
@@ -380,7 +389,7 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
             processes = running.enter_context(start_decode_processes(jobs, plan, resize, one_clip, workers, hwaccel, hw,
                                                                      frame_budget=2 * batch_size))
             messages = processes.messages(stats)
-            if encoder.device.type == "cuda" or Batcher.warm_up_on_cpu:  # on the CPU it would take cores from decoding
+            if _warm_up_wanted(encoder):
                 started = time.perf_counter()
                 Batcher(encoder, batch_size, encoder.device, _compute_dtype(encoder)).warm_up(plan.clip_len or plan.num_frames)
                 stats.warm_up_s = time.perf_counter() - started
