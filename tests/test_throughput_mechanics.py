@@ -453,7 +453,7 @@ def test_a_short_video_is_handed_on_once_a_batch_encodes_it_not_when_the_next_vi
 
 
 def _batcher_and_video(frames: np.ndarray) -> tuple[Batcher, _Video]:
-    batcher = Batcher(ChannelMeans(), batch_size=2, device=torch.device("cpu"), dtype=torch.float32)
+    batcher = Batcher(ChannelMeans(), batch_size=2)
     video = _Video(VideoSource("v.mp4", "/v.mp4"), {}, np.arange(len(frames)) * 40.0, [], frame_features=RowBuffer(len(frames), 3, np.float32))
     return batcher, video
 
@@ -529,7 +529,7 @@ def test_extraction_in_the_gpus_order_of_events_equals_the_cpus(tmp_path, clips,
 
 def test_the_warm_up_runs_one_full_batch_of_blank_frames_and_hands_out_nothing():
     encoder = ChannelMeans()
-    batcher = Batcher(encoder, batch_size=5, device=torch.device("cpu"), dtype=torch.float32)
+    batcher = Batcher(encoder, batch_size=5)
     batcher.warm_up()
     assert encoder.batches == [5]
     assert batcher.in_flight is None and batcher.units == [] and batcher.pending == 0
@@ -538,7 +538,7 @@ def test_the_warm_up_runs_one_full_batch_of_blank_frames_and_hands_out_nothing()
 def test_a_clip_models_warm_up_is_a_batch_of_whole_clips(monkeypatch):
     encoder, shapes = ClipMeans(), []
     monkeypatch.setattr(encoder, "encode_video", lambda pixels: shapes.append(tuple(pixels.shape)) or ClipMeans.encode_video(encoder, pixels))
-    Batcher(encoder, batch_size=10, device=torch.device("cpu"), dtype=torch.float32).warm_up(frames_per_clip=4)
+    Batcher(encoder, batch_size=10).warm_up(frames_per_clip=4)
     assert shapes == [(3, 4, 3, 8, 8)]  # a batch runs once it holds batch_size frames: 3 clips of 4
 
 

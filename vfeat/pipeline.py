@@ -100,12 +100,13 @@ class Batcher:
     #: warm the model up on the CPU too (see :meth:`warm_up`), for tests without a GPU
     warm_up_on_cpu = False
 
-    def __init__(self, encoder: VideoEncoder, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.encoder, self.device, self.dtype = encoder, device, dtype
+    def __init__(self, encoder: VideoEncoder, batch_size: int) -> None:
+        self.encoder, self.device = encoder, encoder.device
+        self.dtype = getattr(encoder, "compute_dtype", torch.float32)  # set by load_model's --precision
         self.frame_level = encoder.frame_level
         size = encoder.preprocess.image_size
-        self.mean = torch.tensor(encoder.preprocess.mean, device=device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(encoder.preprocess.std, device=device).view(1, 3, 1, 1) * 255.0
+        self.mean = torch.tensor(encoder.preprocess.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(encoder.preprocess.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.batch_size = batch_size
         self.units: list[tuple[_Video, Any, np.ndarray]] = []  # (video, rows or clip index, uint8 pixels)
         self.pending = 0
@@ -232,10 +233,6 @@ def _warm_up_wanted(encoder: VideoEncoder) -> bool:
     return encoder.device.type == "cuda" or Batcher.warm_up_on_cpu
 
 
-def _compute_dtype(encoder: VideoEncoder) -> torch.dtype:
-    return getattr(encoder, "compute_dtype", torch.float32)
-
-
 def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.dtype) -> VideoRecord:
     ts = video.timestamps_ms
     with_clips = bool(video.clip_rows) and (plan.mode == "clips" or not encoder.frame_level)
@@ -312,7 +309,7 @@ def encode_videos(messages: Iterable[tuple], sources: Sequence[VideoSource], enc
     ``spool_dir``: where a long video's rows go once they outgrow memory (:mod:`vfeat.store.spool`); its
     record then names a file there. ``None`` keeps every video in memory (records that travel to another
     machine)."""
-    batch = Batcher(encoder, batch_size, encoder.device, _compute_dtype(encoder))
+    batch = Batcher(encoder, batch_size)
     store_dtype = np.dtype(storage_dtype)
     videos: dict[int, _Video] = {}
 
@@ -391,7 +388,7 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
             messages = processes.messages(stats)
             if _warm_up_wanted(encoder):
                 started = time.perf_counter()
-                Batcher(encoder, batch_size, encoder.device, _compute_dtype(encoder)).warm_up(plan.clip_len or plan.num_frames)
+                Batcher(encoder, batch_size).warm_up(plan.clip_len or plan.num_frames)
                 stats.warm_up_s = time.perf_counter() - started
         for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype,
                                     stats=stats, spool_dir=spool_dir):
