@@ -128,6 +128,34 @@ def test_shard_being_created_by_another_process_is_skipped_then_recreated(tmp_pa
         assert len(store.shards) == 2
 
 
+def test_a_shard_recreated_while_another_process_reads_it_holds_nothing_committed(tmp_path, monkeypatch):
+    """The interleaving behind CI stop 15: rank 0 saw rank 1's half-made shard's empty ``offsets``, and rank 1
+    removed it (creating its shard anew) before rank 0 read its length: KeyError, and the run died. An
+    ``offsets`` that vanishes between two looks is a shard still being created: nothing in it is done."""
+    import shutil
+
+    from vfeat.shards import committed_elsewhere
+    from vfeat.store.backends import ZarrTree
+
+    out = tmp_path / "store"
+    out.mkdir()
+    sibling = out / "shard-00001.zarr"
+    _half_created_shard(sibling, empty_offsets=True)
+    seen = ZarrTree.has
+    removed = []
+
+    def has_then_removed(tree, name):
+        answer = seen(tree, name)
+        if name == "offsets" and answer and not removed:
+            shutil.rmtree(sibling / "offsets")  # the sibling starts its shard anew right after our look
+            removed.append(name)
+        return answer
+
+    monkeypatch.setattr(ZarrTree, "has", has_then_removed)
+    assert committed_elsewhere(str(out), str(out / "shard-00000.zarr"), {"format": "vfeat-store"}) == set()
+    assert removed == ["offsets"]
+
+
 def test_foreign_zarr_without_offsets_is_not_overwritten(tmp_path, repo_root):
     import zarr
 

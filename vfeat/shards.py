@@ -42,11 +42,17 @@ def committed_elsewhere(out: str, own_shard: str, attrs: dict[str, Any] | None =
         return set()
     done: set[str] = set()
     for path in shard_paths(out):
-        if path.rstrip("/") != own_shard.rstrip("/"):
-            with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
-                if attrs is not None and not interrupted_creation(tree):
-                    check_compatible(path, dict(tree.attrs), attrs)
-                done.update(read_ids(tree))
+        if path.rstrip("/") == own_shard.rstrip("/"):
+            continue
+        kind = shard_kind(path)
+        with open_read(path, kind) as tree:  # type: ignore[arg-type]
+            if interrupted_creation(tree):
+                continue  # nothing committed; perhaps its own process is creating it anew right now
+        # opened again: a shard with a commit record is never recreated, and its attributes came before it
+        with open_read(path, kind) as tree:  # type: ignore[arg-type]
+            if attrs is not None:
+                check_compatible(path, dict(tree.attrs), attrs)
+            done.update(read_ids(tree))
     return done
 
 

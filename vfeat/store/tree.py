@@ -68,17 +68,24 @@ def _extend_rows(array: Any, parts: list[np.ndarray | SpooledRows], start: int) 
         start += len(block)
 
 
+def _commit_entries(tree: Tree) -> int:
+    """Entries of ``offsets``. vfeat creates it holding [0]; an absent or empty one (another writer, or an
+    older vfeat that created it empty first) means the shard is still being created. Its creator may also
+    be starting it anew while we look (a sibling process recreating a shard it found half made), so an
+    ``offsets`` that vanishes between two looks counts as absent; a shard with a commit is never removed."""
+    try:
+        return int(tree.array("offsets").shape[0]) if tree.has("offsets") else 0
+    except (KeyError, FileNotFoundError):
+        return 0
+
+
 def _has_commit_record(tree: Tree) -> bool:
-    # vfeat creates ``offsets`` holding [0]; an absent or empty one (another writer, or an older vfeat that
-    # created it empty first) means the shard is still being created
-    return tree.has("offsets") and int(tree.array("offsets").shape[0]) > 0
+    return _commit_entries(tree) > 0
 
 
 def committed_videos(tree: Tree) -> int:
     """Videos committed so far; 0 for a shard another process is still creating (no ``offsets`` yet)."""
-    if not _has_commit_record(tree):
-        return 0
-    return int(tree.array("offsets").shape[0]) - 1
+    return max(_commit_entries(tree) - 1, 0)
 
 
 def repair(tree: Tree) -> None:
