@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,33 @@ def test_a_shard_recreated_while_another_process_reads_it_holds_nothing_committe
     monkeypatch.setattr(ZarrTree, "has", has_then_removed)
     assert committed_elsewhere(str(out), str(out / "shard-00000.zarr"), {"format": "vfeat-store"}) == set()
     assert removed == ["offsets"]
+
+
+def test_a_shard_folder_without_metadata_yet_is_read_once_its_creator_has_written_it(tmp_path, monkeypatch, repo_root):
+    """A sibling's shard is, for a moment, a folder without its group metadata (its process is creating it):
+    the reader looks again, instead of failing the run; a folder that never becomes a shard is an error."""
+    import vfeat.shards as shards
+
+    make_video(tmp_path, "a.mp4", duration=1.0, fps=10)
+    done = tmp_path / "done"
+    vfeat.extract([str(tmp_path / "a.mp4")], str(done), model="vfeat-tiny-vit", pretrained="none",
+                  model_config=str(repo_root / "tests" / "data" / "vfeat-tiny-vit.json"), fps=1, workers=0)
+    out = tmp_path / "store"
+    (out / "shard-00001.zarr").mkdir(parents=True)
+    pauses = []
+
+    def creator_finishes(seconds):
+        pauses.append(seconds)
+        if len(pauses) == 2:
+            (out / "shard-00001.zarr").rmdir()
+            shutil.copytree(done / "shard-00000.zarr", out / "shard-00001.zarr")
+
+    monkeypatch.setattr(shards.time, "sleep", creator_finishes)
+    assert shards.committed_elsewhere(str(out), str(out / "shard-00000.zarr")) == {"a.mp4"}
+    assert len(pauses) == 2
+    (out / "shard-00002.zarr").mkdir()
+    with pytest.raises(vfeat.StoreError, match=r"shard-00002\.zarr: not a readable Zarr store"):
+        shards.committed_elsewhere(str(out), str(out / "shard-00000.zarr"))
 
 
 def test_foreign_zarr_without_offsets_is_not_overwritten(tmp_path, repo_root):

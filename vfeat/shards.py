@@ -10,9 +10,10 @@ listed), so the videos a run skips are exactly the videos readers see.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from vfeat.errors import InputError
+from vfeat.errors import InputError, StoreError
 from vfeat.store import fs
 from vfeat.store.backends import open_read
 from vfeat.store.format import shard_kind
@@ -42,18 +43,29 @@ def committed_elsewhere(out: str, own_shard: str, attrs: dict[str, Any] | None =
         return set()
     done: set[str] = set()
     for path in shard_paths(out):
-        if path.rstrip("/") == own_shard.rstrip("/"):
+        if path.rstrip("/") == own_shard.rstrip("/") or not _committed(path):
             continue
-        kind = shard_kind(path)
-        with open_read(path, kind) as tree:  # type: ignore[arg-type]
-            if interrupted_creation(tree):
-                continue  # nothing committed; perhaps its own process is creating it anew right now
         # opened again: a shard with a commit record is never recreated, and its attributes came before it
-        with open_read(path, kind) as tree:  # type: ignore[arg-type]
+        with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
             if attrs is not None:
                 check_compatible(path, dict(tree.attrs), attrs)
             done.update(read_ids(tree))
     return done
+
+
+def _committed(path: str, attempts: int = 10, pause_s: float = 0.1) -> bool:
+    """Whether a sibling shard has its commit record. Its own process may be creating it right now (afresh,
+    or anew after a kill during creation): for a moment it is a folder without metadata, or loses arrays
+    we just listed. Such a shard holds nothing committed; one that stays unreadable is an error."""
+    for attempt in range(attempts):
+        try:
+            with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
+                return not interrupted_creation(tree)
+        except (StoreError, FileNotFoundError, KeyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
+    return False
 
 
 def list_shard(out: str, shard: str) -> None:

@@ -128,8 +128,10 @@ def _zarr_group(path: str, mode: str) -> Any:
 
     try:
         return zarr.open_group(path if fs.is_url(path) else fs.local(path), mode=mode)
-    except FileNotFoundError:
-        raise StoreError(f"{path}: store not found") from None
+    except FileNotFoundError as exc:
+        if not fs.exists(path):
+            raise StoreError(f"{path}: store not found") from None
+        raise StoreError(f"{path}: not a readable Zarr store (no group metadata: {exc})") from None
     except Exception as exc:  # zarr raises several types for a folder that is not a group
         raise StoreError(f"{path}: not a readable Zarr store ({type(exc).__name__}: {exc})") from None
 
