@@ -1,5 +1,5 @@
-"""Process entry points that fail on purpose, for tests of their parent's side. They live in a module of
-their own because a spawned process imports its target by name."""
+"""Process entry points for tests of their parent's side, most of which fail on purpose. They live in a
+module of their own because a spawned process imports its target by name."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from multiprocessing import connection
 from typing import Any
 
+from vfeat.handout import VideoTaker
 from vfeat.workers import worker_main
 
 
@@ -56,3 +57,26 @@ def dies_halfway_through_its_first_progress_message(*args: Any) -> None:
 
     _die_halfway_through_the_first(b"progress")
     _device_main(*args)
+
+
+def dies_right_after_taking_its_first_video(*args: Any) -> None:
+    """vfeat's decode process, the first of which exits (status 3) as soon as it has read its first video
+    from the hand-out, before it can say which: as one killed while it takes a video."""
+    if _first_to_start():
+        take = VideoTaker.take
+
+        def take_then_exit(self: VideoTaker) -> Any:
+            take(self)
+            os._exit(3)
+
+        VideoTaker.take = take_then_exit  # type: ignore[method-assign]
+    worker_main(*args)
+
+
+def takes_every_video(taker: VideoTaker, out: str) -> None:
+    """Take videos until there are no more, writing the job numbers taken to ``out``, one per line."""
+    taken = []
+    while (item := taker.take()) is not None:
+        taken.append(item[0])
+    with open(out, "w") as handle:
+        handle.write("".join(f"{job}\n" for job in taken))

@@ -243,15 +243,69 @@ def test_a_decode_process_that_dies_before_taking_a_video_is_not_replaced_and_th
     assert (tmp_path / "died").exists() and sorted(started) == [0, 1]
 
 
+def test_a_decode_process_that_dies_as_it_takes_a_video_costs_that_video_only_and_hangs_nothing(clips, tmp_path,
+                                                                                                monkeypatch):
+    """Killed while it takes a video (before it could say which): with a queue shared by the decode
+    processes it would die holding the queue's read lock, and the other processes would wait for it for
+    ever. From the hand-out's pipe it takes only that video with it: the others decode the rest, and the
+    lost video is reported failed at the end (a rerun retries it)."""
+    import process_faults
+
+    monkeypatch.setenv("VFEAT_TEST_DIE_ONCE", str(tmp_path / "died"))
+    monkeypatch.setattr(decode_processes, "worker_main", process_faults.dies_right_after_taking_its_first_video)
+    plan, resize = SamplingPlan(fps=5.0), Resize(32, 32)
+    jobs = [(i, str(c)) for i, c in enumerate(clips)]
+
+    with hang_guard(120):
+        messages = list(decode_in_processes(jobs, plan, resize, False, 2, RunStats()))
+    errors = [m for m in messages if m[0] == "error"]
+    assert len(errors) == 1 and (tmp_path / "died").exists()
+    lost = errors[0][1]
+    assert errors[0][2] == (f"{clips[lost]}: the decode process that took it died (exit code 3) before it began: a crash, "
+                            "or the out-of-memory killer; the other videos go on")
+    assert sorted(m[1] for m in messages if m[0] == "done") == [job for job, _ in jobs if job != lost]
+    for job, path in jobs:
+        if job != lost:
+            expected = [m for m in decode_job(job, path, plan, resize, False) if m[0] == "frames"]
+            got = [m for m in messages if m[0] == "frames" and m[1] == job]
+            np.testing.assert_array_equal(np.concatenate([m[3] for m in got]), np.concatenate([m[3] for m in expected]))
+
+
+def test_the_handout_gives_each_video_to_exactly_one_process_with_many_taking_at_once(tmp_path):
+    """Three processes take 20,000 videos at once from the hand-out, more than its pipe holds (the rest
+    waits for room): each video is taken exactly once, whole, and each process then reads its end."""
+    import multiprocessing as mp
+
+    import process_faults
+    from vfeat.handout import VideoHandout
+
+    ctx = mp.get_context("spawn")
+    jobs = [(i, f"video-{i}.mp4") for i in range(20_000)]
+    handout = VideoHandout(ctx, jobs, processes=3)
+    outs = [tmp_path / f"taken-{n}.txt" for n in range(3)]
+    processes = [ctx.Process(target=process_faults.takes_every_video, args=(handout.taker, str(out))) for out in outs]
+    with hang_guard(120):
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    handout.close()
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    taken = [[int(line) for line in out.read_text().split()] for out in outs]
+    assert sorted(sum(taken, [])) == list(range(20_000))
+    assert all(part == sorted(part) for part in taken)  # in order, as written
+
+
 def _shared_memory_files() -> set[str]:
-    # multiprocessing's own named semaphores (sem.*) are left out: a killed process group leaks those
-    # whatever vfeat does, since its resource tracker dies with it
-    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
+    # multiprocessing's named semaphores (sem.*) included: vfeat's processes share none (a queue's three
+    # leaked with every killed process group, whose resource tracker dies with it)
+    return set(os.listdir("/dev/shm"))
 
 
 def test_a_run_killed_with_its_process_group_leaves_no_shared_memory(tmp_path, clips, tiny_model):
-    """The ring is an anonymous memory file: ``kill -9`` of the whole process group (multiprocessing's
-    resource tracker included, which would otherwise remove named shared memory) leaves nothing in
+    """The ring is an anonymous memory file and the decode processes share no semaphore: ``kill -9`` of the
+    whole process group (multiprocessing's resource tracker included, which would otherwise remove named
+    shared memory and semaphores) leaves nothing in
     /dev/shm, where a named block of the ring's size would stay until reboot."""
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm on this system: no named shared memory to look for")

@@ -2,7 +2,7 @@
 give back the frames they may send, and replace one that dies.
 
 Each decode process has a connection of its own to the model process (a socket pair), and nothing else
-shared but the queue of videos to take. Its messages come back in its order (the protocol of
+shared but the pipe it takes videos from (:mod:`vfeat.handout`, which needs no lock). Its messages come back in its order (the protocol of
 :mod:`vfeat.workers`), and the end of the connection is the end of the process: once everything it sent is
 read, the model process knows whether it said ``exit`` or died, and which video it was decoding. A
 multiprocessing queue shared by all of them for their results would have a write lock: a process killed
@@ -32,6 +32,7 @@ import torch
 from vfeat.decode import Resize
 from vfeat.errors import WorkerError
 from vfeat.frame_ring import FrameRing, RingSlots
+from vfeat.handout import VideoHandout
 from vfeat.sampling import SamplingPlan
 from vfeat.workers import CHUNK_FRAMES, worker_main
 
@@ -95,11 +96,7 @@ class DecodeProcesses:
         self.credits = max(FRAMES_PER_DECODER, -(-frames_waiting // len(decoders)))
         self.give_back_at = max(1, min(self.credits // 4, self.credits - CHUNK_FRAMES + 1))
         self.ended: set[int] = set()  # jobs whose decoding ended: done, error, or their process died
-        self.job_queue = self.ctx.Queue()
-        for item in jobs:
-            self.job_queue.put(item)
-        for _ in decoders:
-            self.job_queue.put(None)
+        self.handout = VideoHandout(self.ctx, jobs, len(decoders))
         self.ring = FrameRing.create(len(decoders), self.credits, frame_shape)
         self.seats = [_Seat(hwaccel) for hwaccel in decoders]
         try:
@@ -118,7 +115,7 @@ class DecodeProcesses:
     def _start(self, number: int) -> None:
         seat = self.seats[number]
         ours, theirs = self.ctx.Pipe(duplex=True)
-        args = (self.job_queue, theirs, *self.decode_args, seat.hwaccel, self.threads, self.ring, number, self.credits)
+        args = (self.handout.taker, theirs, *self.decode_args, seat.hwaccel, self.threads, self.ring, number, self.credits)
         seat.process, seat.conn = self.ctx.Process(target=worker_main, args=args, daemon=True), ours
         seat.took, seat.said_exit, seat.owed = None, False, 0
         seat.process.start()
@@ -140,8 +137,21 @@ class DecodeProcesses:
                 message = self._on_message(live[conn], message)
                 if message is not None:
                     yield message
-        if len(self.ended) < len(self.paths):  # videos left that no process took: none could start
+        if len(self.ended) < len(self.paths):
+            yield from self._lost()
+
+    def _lost(self) -> Iterator[tuple]:
+        """Videos no process reported on at the end. Every video is taken before any process's end-of-work
+        record, so each was taken by a process that died before it could say so. If none worked at all
+        (none said ``exit``), the processes cannot start: that stops the run."""
+        if not any(seat.said_exit for seat in self.seats):
             raise WorkerError(_workers_died([s.process.exitcode for s in self.seats], self.decoding()))
+        codes = sorted({s.process.exitcode for s in self.seats if not s.said_exit and s.process.exitcode is not None})
+        how = ", ".join(_signal_name(-code) if code < 0 else f"exit code {code}" for code in codes) or "exit status unknown"
+        for job in sorted(set(self.paths) - self.ended):
+            self.ended.add(job)
+            yield ("error", job, f"{self.paths[job]}: the decode process that took it died ({how}) before it began: a "
+                                 "crash, or the out-of-memory killer; the other videos go on")
 
     def _on_message(self, number: int, message: tuple) -> tuple | None:
         seat, kind = self.seats[number], message[0]
@@ -181,9 +191,11 @@ class DecodeProcesses:
         seat.conn.close()
         seat.conn = None
         seat.process.join(timeout=5)
-        if seat.said_exit or seat.took is None:  # ended as it should, or died before taking a video (see the class)
+        if seat.said_exit:
             return
-        self.job_queue.put(None)  # the new process's end of work, in case the dead one had taken its own
+        self.handout.add_end()  # in case the dead one had taken its own: for the new process, or a live one
+        if seat.took is None:  # died before taking a video (see the class)
+            return
         job, code = seat.took, seat.process.exitcode
         self._start(number)
         if job in self.ended:
@@ -205,9 +217,7 @@ class DecodeProcesses:
             if seat.conn is not None:
                 seat.conn.close()
                 seat.conn = None
-        # jobs no process took (they died, or the run was interrupted) must not hold this process at exit:
-        # a queue's feeder thread waits to hand them over, and the interpreter waits for it
-        self.job_queue.cancel_join_thread()
+        self.handout.close()
         if self.ring is not None:
             self.ring.close()
 
@@ -215,7 +225,7 @@ class DecodeProcesses:
 def start_decode_processes(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Resize, one_clip: bool, workers: int,
                            hwaccel: str | None = None, hwaccel_workers: int = 0, frame_budget: int = 0) -> DecodeProcesses:
     """Start decoding ``jobs`` in ``workers`` CPU decode processes and ``hwaccel_workers`` that decode on the
-    ``hwaccel`` device; all take videos from one queue (the faster take more). At most ``frame_budget``
+    ``hwaccel`` device; all take videos from one pipe (the faster take more). At most ``frame_budget``
     decoded frames wait for the model process, and at least :data:`FRAMES_PER_DECODER` per decode process.
     Use the result as a context manager: leaving it stops the processes."""
     decoders = [None] * workers + ([hwaccel] * hwaccel_workers if hwaccel else [])

@@ -109,8 +109,8 @@ class Outbox:
 
 def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_clip: bool, hwaccel: str | None,
                 threads: int | None, ring: FrameRing | None, process: int, credits: int) -> None:
-    """Process entry point: take ``(job, path)`` from ``jobs`` until ``None``; send the messages on
-    ``conn``, this process's connection to the model process.
+    """Process entry point: take ``(job, path)`` from ``jobs`` (a :class:`~vfeat.handout.VideoTaker`) until
+    ``None``; send the messages on ``conn``, this process's connection to the model process.
 
     ``ring``: frames go into this process's slots of the shared-memory :class:`FrameRing` (number
     ``process``) and the messages carry only where they are. Without a ring the pixels travel in the
@@ -132,7 +132,7 @@ def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_cl
     frame_credits, outbox = FrameCredits(conn, credits), Outbox(conn)
     writer = RingWriter(ring, process, frame_credits) if ring is not None else None
     try:
-        while (item := jobs.get()) is not None:
+        while (item := jobs.take()) is not None:
             job, path = item
             outbox.put(("took", job))  # should this process die now, the model process knows which video
             for message in decode_job(job, path, plan, resize, one_clip):
