@@ -74,9 +74,9 @@ def dies_right_after_taking_its_first_video(*args: Any) -> None:
 
 
 def takes_every_video(taker: VideoTaker, out: str) -> None:
-    """Take videos until there are no more, writing the job numbers taken to ``out``, one per line."""
+    """Take videos until there are no more, writing ``job path`` of each to ``out``, one per line."""
     taken = []
     while (item := taker.take()) is not None:
-        taken.append(item[0])
+        taken.append(item)
     with open(out, "w") as handle:
-        handle.write("".join(f"{job}\n" for job in taken))
+        handle.write("".join(f"{job} {path}\n" for job, path in taken))

@@ -273,15 +273,19 @@ def test_a_decode_process_that_dies_as_it_takes_a_video_costs_that_video_only_an
 
 def test_the_handout_gives_each_video_to_exactly_one_process_with_many_taking_at_once(tmp_path):
     """Three processes take 20,000 videos at once from the hand-out, more than its pipe holds (the rest
-    waits for room): each video is taken exactly once, whole, and each process then reads its end."""
+    waits for room): each video is taken exactly once, whole, with its path (any length a record holds,
+    any characters), and each process then reads its end."""
     import multiprocessing as mp
 
     import process_faults
-    from vfeat.handout import VideoHandout
+    from vfeat.handout import MAX_PATH_BYTES, VideoHandout
 
     ctx = mp.get_context("spawn")
-    jobs = [(i, f"video-{i}.mp4") for i in range(20_000)]
+    longest = "/" + "x" * (MAX_PATH_BYTES - len("/ é.mp4".encode())) + " é.mp4"
+    assert len(longest.encode()) == MAX_PATH_BYTES
+    jobs = [(i, f"/videos/{'dir/' * (i % 7)}clip {i} – é.mp4") for i in range(20_000)] + [(20_000, longest)]
     handout = VideoHandout(ctx, jobs, processes=3)
+    assert handout.too_long == []
     outs = [tmp_path / f"taken-{n}.txt" for n in range(3)]
     processes = [ctx.Process(target=process_faults.takes_every_video, args=(handout.taker, str(out))) for out in outs]
     with hang_guard(120):
@@ -291,9 +295,24 @@ def test_the_handout_gives_each_video_to_exactly_one_process_with_many_taking_at
             process.join()
     handout.close()
     assert [p.exitcode for p in processes] == [0, 0, 0]
-    taken = [[int(line) for line in out.read_text().split()] for out in outs]
-    assert sorted(sum(taken, [])) == list(range(20_000))
-    assert all(part == sorted(part) for part in taken)  # in order, as written
+    taken = [[line.split(" ", 1) for line in out.read_text(encoding="utf-8").splitlines()] for out in outs]
+    assert sorted((int(job), path) for job, path in sum(taken, [])) == jobs
+    assert all([int(job) for job, _ in part] == sorted(int(job) for job, _ in part) for part in taken)  # in order
+
+
+def test_a_path_longer_than_a_handout_record_fails_that_video_only(clips):
+    """A path the hand-out cannot carry (over PIPE_BUF bytes, longer than Linux lets a local path be) is
+    one clear failure; the other videos are decoded."""
+    from vfeat.handout import MAX_PATH_BYTES
+
+    too_long = "/" + "v" * MAX_PATH_BYTES + ".mp4"
+    jobs = [(0, str(clips[0])), (1, too_long), (2, str(clips[1]))]
+    with hang_guard(120):
+        messages = list(decode_in_processes(jobs, SamplingPlan(fps=1.0), Resize(32, 32), False, 1, RunStats()))
+    assert [m for m in messages if m[0] == "error"] == [
+        ("error", 1, f"{too_long}: its path is longer than {MAX_PATH_BYTES} bytes, more than vfeat can hand to a decode "
+                     "process; rename or link the file")]
+    assert sorted(m[1] for m in messages if m[0] == "done") == [0, 2]
 
 
 def _shared_memory_files() -> set[str]:

@@ -32,7 +32,7 @@ import torch
 from vfeat.decode import Resize
 from vfeat.errors import WorkerError
 from vfeat.frame_ring import FrameRing, RingSlots
-from vfeat.handout import VideoHandout
+from vfeat.handout import MAX_PATH_BYTES, VideoHandout
 from vfeat.sampling import SamplingPlan
 from vfeat.workers import CHUNK_FRAMES, worker_main
 
@@ -124,6 +124,10 @@ class DecodeProcesses:
     def messages(self, stats: RunStats) -> Iterator[tuple]:
         """The decode messages of every process as they come (frames copied out of the ring), until every
         process has ended; ``stats.decode_wait_s`` adds up the time spent waiting for them."""
+        for job in self.handout.too_long:
+            self.ended.add(job)
+            yield ("error", job, f"{self.paths[job]}: its path is longer than {MAX_PATH_BYTES} bytes, more than vfeat can "
+                                 "hand to a decode process; rename or link the file")
         while live := {seat.conn: number for number, seat in enumerate(self.seats) if seat.conn is not None}:
             start = time.perf_counter()
             ready = connection.wait(list(live))
