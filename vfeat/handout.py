@@ -60,10 +60,10 @@ class VideoHandout:
         self.taker = VideoTaker(read_end)
         _widen(self._write_end.fileno())
         self.too_long = [job for job, path in jobs if len(os.fsencode(path)) > MAX_PATH_BYTES]
-        self._records: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()  # (job, path): a record is made as it is written
         for job, path in jobs:
             if len(os.fsencode(path)) <= MAX_PATH_BYTES:
-                self._records.put(_record(job, path))
+                self._waiting.put((job, path))
         for _ in range(processes):
             self.add_end()
         self._feeder = threading.Thread(target=self._feed, name="vfeat-handout", daemon=True)
@@ -72,20 +72,20 @@ class VideoHandout:
     def add_end(self) -> None:
         """One more end-of-work record, after every job: for a process that replaces one that died (which
         may have taken its own)."""
-        self._records.put(_record(_NO_MORE))
+        self._waiting.put((_NO_MORE, ""))
 
     def _feed(self) -> None:
         fd = self._write_end.fileno()
-        while (record := self._records.get()) is not None:
+        while (item := self._waiting.get()) is not None:
             try:
-                os.write(fd, record)
+                os.write(fd, _record(*item))
             except OSError:  # no reader is left (the run stops): nobody needs the rest
                 return
 
     def close(self) -> None:
         """After the decode processes have ended. Closing the read end first ends a write still waiting
         for room (no reader left), so the feeder is done before its descriptor is closed."""
-        self._records.put(None)
+        self._waiting.put(None)
         self.taker.conn.close()
         self._feeder.join(timeout=5)
         self._write_end.close()
