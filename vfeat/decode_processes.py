@@ -2,10 +2,10 @@
 give back the frames they may send, and replace one that dies.
 
 Each decode process has a connection of its own to the model process (a socket pair), and nothing else
-shared but the pipe it takes videos from (:mod:`vfeat.handout`, which needs no lock). Its messages come back in its order (the protocol of
-:mod:`vfeat.workers`), and the end of the connection is the end of the process: once everything it sent is
-read, the model process knows whether it said ``exit`` or died, and which video it was decoding. A
-multiprocessing queue shared by all of them for their results would have a write lock: a process killed
+shared but the pipe it takes videos from (:mod:`vfeat.handout`, which needs no lock). Its messages come
+back in its order (the protocol of :mod:`vfeat.workers`), and the end of the connection is the end of the
+process: once everything it sent is read, the model process knows whether it said ``exit`` or died, and
+which video it was decoding. A multiprocessing queue shared by all of them for their results would have a write lock: a process killed
 while writing (the out-of-memory killer, a crash inside FFmpeg while its queue's thread writes) would hold
 it for ever, and hang the run on a half-written message.
 
