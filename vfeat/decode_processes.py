@@ -264,9 +264,15 @@ def _workers_died(exit_codes: list[int | None], decoding: list[str]) -> str:
         return (f"decode processes were killed by {'/'.join(signals)}{where} (exit codes {exit_codes}): the "
                 "out-of-memory killer, or a crash inside the decoder. What was stored is kept: rerun the same command to "
                 "resume, and leave a video out if it brings the decoder down again")
+    return f"all decode workers exited unexpectedly (exit codes {exit_codes}); {spawn_hint('decode workers', 'or pass workers=0 (--workers 0)')}"
+
+
+def spawn_hint(who: str, alternative: str = "") -> str:
+    """What to do when spawned processes (``who``) exit before any work: Python's spawn start method makes
+    each import the caller's main module."""
     main = getattr(sys.modules.get("__main__"), "__file__", None)
-    hint = ("decode workers are spawned processes that import your main module: put the vfeat calls of a script "
-            "under `if __name__ == \"__main__\":`, run it from a file (not stdin), or pass workers=0 (--workers 0)")
+    hint = (f"{who} are spawned processes that import your main module: put the vfeat calls of a script under "
+            f"`if __name__ == \"__main__\":`, run it from a file (not stdin){', ' + alternative if alternative else ''}")
     if main and not os.path.isfile(main):
-        hint = f"the main module {main!r} is not a file the decode workers can import: " + hint
-    return f"all decode workers exited unexpectedly (exit codes {exit_codes}); {hint}"
+        hint = f"the main module {main!r} is not a file the {who} can import: " + hint
+    return hint

@@ -48,11 +48,15 @@ class _LinesToParent(io.TextIOBase):
             self.pending = ""
 
 
-def _device_main(conn: Any, rank: int, sources: list[VideoSource], out: str, device: str, workers: int | None,
-                 options: dict[str, Any], log_level: int) -> None:
+def _device_main(conn: Any, rank: int, out: str, device: str, workers: int | None, options: dict[str, Any],
+                 log_level: int) -> None:
     from vfeat._log import show_warnings
     from vfeat.extractor import extract_sources
 
+    try:
+        sources: list[VideoSource] = conn.recv()  # sent once this process runs (see run_devices)
+    except EOFError:
+        return  # the parent is gone
     logging.getLogger().setLevel(log_level)  # spawned processes start with default logging
     outbox = Outbox(conn)
     sys.stderr = _LinesToParent(outbox)
@@ -90,7 +94,7 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
     already holds videos is checked against them here, before anything is reported as done or a device
     process starts; each device process checks again against its own model. ``on_progress(stats, frames)``
     gets the totals over all device processes after each video any of them finishes."""
-    from vfeat.decode_processes import default_workers
+    from vfeat.decode_processes import default_workers, spawn_hint
     from vfeat.extractor import ExtractSummary
     from vfeat.pipeline import RunStats
     from vfeat.shards import committed_elsewhere, list_shard
@@ -109,12 +113,21 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
     procs, pending = [], {}  # pending: the connection of each device process not done yet -> its rank
     for rank, device in enumerate(devices):
         ours, theirs = ctx.Pipe(duplex=True)
-        procs.append(ctx.Process(target=_device_main, args=(theirs, rank, todo[rank:: len(devices)], out, device, per_device,
-                                                            options, logging.getLogger().level)))
+        procs.append(ctx.Process(target=_device_main, args=(theirs, rank, out, device, per_device, options,
+                                                            logging.getLogger().level)))
         procs[-1].start()
         theirs.close()  # the process holds the only other end now: its death ends the connection
         pending[ours] = rank
+    # Each process's videos go over its connection once all have started, not with its start-up data: a
+    # process that dies before reading that (a main module it cannot import) would leave the parent
+    # waiting for ever to write a long list into the start-up pipe.
+    for conn, rank in pending.items():
+        try:
+            conn.send(todo[rank:: len(devices)])
+        except (BrokenPipeError, ConnectionResetError):  # it died already: its end comes next
+            pass
     summaries, errors = [], []
+    heard: set[int] = set()  # ranks that have sent anything
     totals: dict[int, tuple] = {}  # rank -> (videos_ok, videos_failed, frames, video_seconds) so far
     while pending:
         for conn in connection.wait(list(pending)):
@@ -125,9 +138,14 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
                 del pending[conn]
                 conn.close()
                 procs[rank].join(timeout=5)
-                errors.append(f"device {devices[rank]}: its process died (exit code {procs[rank].exitcode}); the videos it "
-                              "committed are kept, run the same command again to finish the rest")
+                error = (f"device {devices[rank]}: its process died (exit code {procs[rank].exitcode}); the videos it "
+                         "committed are kept, run the same command again to finish the rest")
+                if rank not in heard and (procs[rank].exitcode or 0) > 0:  # an error before its first word: no start
+                    error = f"device {devices[rank]}: its process exited at start (exit code {procs[rank].exitcode}); " + \
+                        spawn_hint("device processes")
+                errors.append(error)
                 continue
+            heard.add(rank)
             if message[0] == "opened":
                 list_shard(out, message[1])
                 try:
