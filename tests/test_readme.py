@@ -53,16 +53,8 @@ def test_python_api_from_stdin_says_how_to_run_it(tmp_path, repo_root):
 def test_dead_workers_with_many_videos_queued_still_let_the_process_exit(tmp_path, repo_root):
     """The same mistake with a folder of 1,500 videos: the jobs nobody took (more than a pipe holds) must
     not keep the interpreter waiting at exit after the error is printed (it hung before 2026-11-26)."""
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(1500):
-        (folder / f"video_with_a_rather_long_name_{i:05d}.mp4").hardlink_to(repo_root / "sample" / "bikes.mp4")
-    code = (f"import vfeat\nvfeat.extract([{str(folder)!r}], 's.zarr', model='vfeat-tiny-vit', pretrained='none', "
-            f"model_config={str(repo_root / 'tests' / 'data' / 'vfeat-tiny-vit.json')!r}, fps=1, workers=1)\n")
-    try:
-        result = subprocess.run([sys.executable, "-"], input=code, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the process did not exit after its decode workers died")
+    result = _extract_from_stdin(tmp_path, repo_root, "s.zarr", "workers=1",
+                                 "the process did not exit after its decode workers died")
     assert result.returncode != 0
     assert "all decode workers exited unexpectedly" in result.stderr
 
@@ -71,17 +63,23 @@ def test_devices_from_stdin_with_many_videos_end_with_the_hint_instead_of_hangin
     """``devices=`` from a script on stdin: the device processes cannot import '<stdin>' and exit at once.
     Their 1,500 videos must not be part of their start-up data (the parent waited for ever to write a
     list that no process would read); the error says what to do."""
+    result = _extract_from_stdin(tmp_path, repo_root, "store", "workers=1, devices='cpu,cpu'",
+                                 "the parent did not get past starting device processes that died at once")
+    assert result.returncode != 0
+    assert "its process exited at start (exit code 1)" in result.stderr
+    assert "device processes are spawned processes that import your main module" in result.stderr
+
+
+def _extract_from_stdin(tmp_path, repo_root, out: str, options: str, hung: str) -> subprocess.CompletedProcess:
+    """``vfeat.extract`` of a folder of 1,500 videos (hard links to the sample) with ``options``, from a
+    script on stdin, which spawned processes cannot import; fails the test with ``hung`` after 120 s."""
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(1500):
         (folder / f"video_with_a_rather_long_name_{i:05d}.mp4").hardlink_to(repo_root / "sample" / "bikes.mp4")
-    code = (f"import vfeat\nvfeat.extract([{str(folder)!r}], 'store', model='vfeat-tiny-vit', pretrained='none', "
-            f"model_config={str(repo_root / 'tests' / 'data' / 'vfeat-tiny-vit.json')!r}, fps=1, workers=1, "
-            "devices='cpu,cpu')\n")
+    code = (f"import vfeat\nvfeat.extract([{str(folder)!r}], {out!r}, model='vfeat-tiny-vit', pretrained='none', "
+            f"model_config={str(repo_root / 'tests' / 'data' / 'vfeat-tiny-vit.json')!r}, fps=1, {options})\n")
     try:
-        result = subprocess.run([sys.executable, "-"], input=code, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-"], input=code, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
-        pytest.fail("the parent did not get past starting device processes that died at once")
-    assert result.returncode != 0
-    assert "its process exited at start (exit code 1)" in result.stderr
-    assert "device processes are spawned processes that import your main module" in result.stderr
+        pytest.fail(hung)
