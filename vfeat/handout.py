@@ -59,10 +59,12 @@ class VideoHandout:
         read_end, self._write_end = ctx.Pipe(duplex=False)
         self.taker = VideoTaker(read_end)
         _widen(self._write_end.fileno())
-        self.too_long = [job for job, path in jobs if len(os.fsencode(path)) > MAX_PATH_BYTES]
+        self.too_long: list[int] = []
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()  # (job, path): a record is made as it is written
         for job, path in jobs:
-            if len(os.fsencode(path)) <= MAX_PATH_BYTES:
+            if len(os.fsencode(path)) > MAX_PATH_BYTES:
+                self.too_long.append(job)
+            else:
                 self._waiting.put((job, path))
         for _ in range(processes):
             self.add_end()
