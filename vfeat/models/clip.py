@@ -7,6 +7,7 @@ many videos together, and a clip's embedding is the mean of its frames' embeddin
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +16,8 @@ import torch
 from vfeat.errors import ModelError
 from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
 from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
-from vfeat.models.weights import drop_archive_extras, interpolate_state_dicts, load_strict, read_state_dict, sha256_file, strip_prefix
+from vfeat.models.weights import (drop_archive_extras, interpolate_state_dicts, load_strict, no_random_init, read_state_dict,
+                                  sha256_file, strip_prefix)
 
 RANDOM = "none"
 
@@ -107,11 +109,15 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
     checkpoint_sha = None
     if pretrained in tags and not is_file:
         model = _download(arch, pretrained, quick_gelu, cache_dir)
+    elif is_file:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            checksum = pool.submit(sha256_file, pretrained)  # read beside the load: hashlib releases the GIL
+            with no_random_init():  # _load_file loads every weight strictly
+                model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+            _load_file(model, pretrained)
+            checkpoint_sha = checksum.result()
     else:
         model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
-        if is_file:
-            checkpoint_sha = sha256_file(pretrained)
-            _load_file(model, pretrained)
     if wise_with is not None:
         if alpha is None:
             raise ModelError("--wise-with needs --alpha (the weight of the second checkpoint, in [0, 1]).")
@@ -177,7 +183,9 @@ def _download(arch: str, tag: str, quick_gelu: bool, cache_dir: str | None) -> t
     if not offline_before and not _hub_reachable():
         hub_constants.HF_HUB_OFFLINE = True
     try:
-        return open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+        with no_random_init():  # open_clip loads the checkpoint strictly, and require_pretrained makes sure it did
+            return open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir,
+                                          require_pretrained=True)
     except Exception:  # network, hub and cache errors come in many types
         raise ModelError(
             f"Could not get the '{tag}' weights for {arch}: they are not in the cache and could not be downloaded. "

@@ -34,7 +34,7 @@ from vfeat.models._layers import (
     weight_sha256,
 )
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
-from vfeat.models.weights import load_strict, read_state_dict, strip_prefix
+from vfeat.models.weights import load_strict, no_random_init, read_state_dict, strip_prefix
 
 PREFIX = "clipmodel."
 
@@ -381,7 +381,9 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
         checkpoint_sha256=sha,
         options={"config_path": config_path, "architecture": config.as_official()},
     )
-    encoder = ClipVipEncoder(config, identity)
-    if pretrained != "none":
-        load_checkpoint(encoder, pretrained)
+    if pretrained == "none":
+        return ClipVipEncoder(config, identity).eval()
+    with no_random_init():  # load_checkpoint loads every weight strictly
+        encoder = ClipVipEncoder(config, identity)
+    load_checkpoint(encoder, pretrained)
     return encoder.eval()

@@ -35,7 +35,7 @@ from vfeat.models._layers import (
     weight_sha256,
 )
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
-from vfeat.models.weights import drop_archive_extras, load_strict, read_state_dict, strip_prefix
+from vfeat.models.weights import drop_archive_extras, load_strict, no_random_init, read_state_dict, strip_prefix
 
 PREFIX = "model."
 TEMPORAL_MODELING = "expand_temporal_view"
@@ -314,7 +314,9 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
             "clip_weights_sha256": clip_sha,
         },
     )
-    encoder = OpenVClipEncoder(config, identity)
-    if state is not None:
-        load_strict(encoder, {PREFIX + k: v for k, v in state.items()}, source=str(pretrained))
+    if state is None:
+        return OpenVClipEncoder(config, identity).eval()
+    with no_random_init():  # every weight is loaded strictly next
+        encoder = OpenVClipEncoder(config, identity)
+    load_strict(encoder, {PREFIX + k: v for k, v in state.items()}, source=str(pretrained))
     return encoder.eval()
