@@ -4,6 +4,7 @@ module of their own because a spawned process imports its target by name."""
 from __future__ import annotations
 
 import os
+import sys
 from multiprocessing import connection
 from typing import Any
 
@@ -41,6 +42,12 @@ def _first_to_start() -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def exits_at_start(*args: Any) -> None:
+    """A process that cannot start: it says so and exits with status 3."""
+    print("vfeat test: this process cannot start", file=sys.stderr, flush=True)
+    os._exit(3)
 
 
 def dies_before_taking_a_video(*args: Any) -> None:

@@ -20,6 +20,7 @@ TORCH_FREE = [
     "vfeat.store.summary",     # `vfeat info`
     "vfeat.decode",            # decode workers load no model
     "vfeat.workers",
+    "vfeat._spawn",            # starting decode processes needs no model
     "vfeat",                   # `import vfeat` stays cheap
 ]
 

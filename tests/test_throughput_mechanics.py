@@ -761,6 +761,37 @@ def test_a_failure_in_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch
     writer.close()
 
 
+# -- vfeat's processes leave the caller's main module out --------------------------------------------------
+
+def test_only_vfeats_own_processes_leave_the_main_module_out(tmp_path):
+    """vfeat's spawned processes get no main module to import (tests/test_readme.py shows why that matters);
+    every other process started the spawn way still does, even one started by another thread meanwhile."""
+    import threading
+    from multiprocessing import spawn
+
+    from vfeat import _spawn
+
+    main_keys = {"init_main_from_name", "init_main_from_path"}
+    before = main_keys & set(spawn.get_preparation_data("other"))
+    assert before, "pytest's main module should be importable by spawned processes"
+    process = _spawn.spawn_context().Process(target=os.getpid)
+    process.start()
+    process.join(timeout=60)
+    assert process.exitcode == 0
+    assert main_keys & set(spawn.get_preparation_data("other")) == before
+
+    seen_by_other_thread: list[set] = []
+    _spawn._starting.without_main = True  # as while vfeat starts one of its processes in this thread
+    try:
+        assert not main_keys & set(spawn.get_preparation_data("vfeat's"))
+        other = threading.Thread(target=lambda: seen_by_other_thread.append(main_keys & set(spawn.get_preparation_data("x"))))
+        other.start()
+        other.join()
+    finally:
+        _spawn._starting.without_main = False
+    assert seen_by_other_thread == [before]
+
+
 # -- warnings reach the user -----------------------------------------------------------------------------
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a GPU decoder that fails to start: this machine has a working one")

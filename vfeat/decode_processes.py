@@ -18,10 +18,8 @@ takes frames.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from multiprocessing import connection
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from vfeat._spawn import spawn_context
 from vfeat.decode import Resize
 from vfeat.errors import WorkerError
 from vfeat.frame_ring import FrameRing, RingSlots
@@ -89,7 +88,7 @@ class DecodeProcesses:
 
     def __init__(self, jobs: list[tuple[int, str]], decode_args: tuple, decoders: list[str | None],
                  frames_waiting: int, frame_shape: tuple[int, ...] | None) -> None:
-        self.ctx = mp.get_context("spawn")
+        self.ctx = spawn_context()
         self.paths = dict(jobs)
         self.decode_args = decode_args  # worker_main's plan, resize, one_clip
         self.threads = decoder_threads(len(decoders))
@@ -255,24 +254,13 @@ def _signal_name(number: int) -> str:
 
 def _workers_died(exit_codes: list[int | None], decoding: list[str]) -> str:
     """Why no decode worker is left. Killed by a signal: the out-of-memory killer, or the decoder crashed on
-    a video (named when its decoding had begun). Exited with an error before any work: usually Python's
-    spawn start method, under which each worker re-imports the caller's main module, which fails for code
-    read from stdin and re-runs unguarded scripts."""
+    a video (named when its decoding had begun). Exited with an error before any work: a process that
+    could not start (its traceback is on stderr)."""
     signals = sorted({_signal_name(-code) for code in exit_codes if code is not None and code < 0})
     if signals:
         where = f" while decoding {', '.join(decoding)}" if decoding else ""
         return (f"decode processes were killed by {'/'.join(signals)}{where} (exit codes {exit_codes}): the "
                 "out-of-memory killer, or a crash inside the decoder. What was stored is kept: rerun the same command to "
                 "resume, and leave a video out if it brings the decoder down again")
-    return f"all decode workers exited unexpectedly (exit codes {exit_codes}); {spawn_hint('decode workers', 'or pass workers=0 (--workers 0)')}"
-
-
-def spawn_hint(who: str, alternative: str = "") -> str:
-    """What to do when spawned processes (``who``) exit before any work: Python's spawn start method makes
-    each import the caller's main module."""
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    hint = (f"{who} are spawned processes that import your main module: put the vfeat calls of a script under "
-            f"`if __name__ == \"__main__\":`, run it from a file (not stdin){', ' + alternative if alternative else ''}")
-    if main and not os.path.isfile(main):
-        hint = f"the main module {main!r} is not a file the {who} can import: " + hint
-    return hint
+    return (f"all decode workers exited unexpectedly (exit codes {exit_codes}) before taking a video: their error is "
+            "printed above; workers=0 (--workers 0) decodes in this process instead")

@@ -22,6 +22,6 @@ class StoreError(VfeatError):
 
 
 class WorkerError(VfeatError, RuntimeError):
-    """No decode process is left for the videos still queued (they died before taking one: a main module the
-    spawned processes cannot import, or a signal): the run stops, what was stored stays, and rerunning the
+    """No decode process is left for the videos still queued (they died before taking one: processes that
+    cannot start, or a signal): the run stops, what was stored stays, and rerunning the
     same command resumes. One that dies *while* decoding a video only fails that video."""

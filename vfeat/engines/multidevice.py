@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import io
 import logging
-import multiprocessing as mp
 import sys
 import traceback
 from multiprocessing import connection
 from typing import Any, Callable
 
+from vfeat._spawn import spawn_context
 from vfeat.errors import VfeatError
 from vfeat.sources import VideoSource
 from vfeat.workers import Outbox
@@ -94,7 +94,7 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
     already holds videos is checked against them here, before anything is reported as done or a device
     process starts; each device process checks again against its own model. ``on_progress(stats, frames)``
     gets the totals over all device processes after each video any of them finishes."""
-    from vfeat.decode_processes import default_workers, spawn_hint
+    from vfeat.decode_processes import default_workers
     from vfeat.extractor import ExtractSummary
     from vfeat.pipeline import RunStats
     from vfeat.shards import committed_elsewhere, list_shard
@@ -109,7 +109,7 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
         return ExtractSummary(out=out, videos_total=len(sources), videos_skipped=len(sources), videos_ok=0,
                               videos_failed=0, frames=0, seconds=0.0)
     per_device = default_workers(devices[0], len(devices)) if workers is None else max(0, workers // len(devices))
-    ctx = mp.get_context("spawn")
+    ctx = spawn_context()
     procs, pending = [], {}  # pending: the connection of each device process not done yet -> its rank
     for rank, device in enumerate(devices):
         ours, theirs = ctx.Pipe(duplex=True)
@@ -119,7 +119,7 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
         theirs.close()  # the process holds the only other end now: its death ends the connection
         pending[ours] = rank
     # Each process's videos go over its connection once all have started, not with its start-up data: a
-    # process that dies before reading that (a main module it cannot import) would leave the parent
+    # process that dies before reading that (one that cannot start) would leave the parent
     # waiting for ever to write a long list into the start-up pipe.
     for conn, rank in pending.items():
         try:
@@ -141,8 +141,8 @@ def run_devices(sources: list[VideoSource], out: str, devices: list[str], worker
                 error = (f"device {devices[rank]}: its process died (exit code {procs[rank].exitcode}); the videos it "
                          "committed are kept, run the same command again to finish the rest")
                 if rank not in heard and (procs[rank].exitcode or 0) > 0:  # an error before its first word: no start
-                    error = f"device {devices[rank]}: its process exited at start (exit code {procs[rank].exitcode}); " + \
-                        spawn_hint("device processes")
+                    error = (f"device {devices[rank]}: its process exited at start (exit code {procs[rank].exitcode}); "
+                             "its error is printed above")
                 errors.append(error)
                 continue
             heard.add(rank)
