@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", default="1,2,4", help="decode process counts, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--clips", default=None, help="a folder of short .mp4 videos to decode (default: 20 one-second clips "
+                                                  "generated with the ffmpeg CLI)")
     p.add_argument("--out-json", default=None)
     args = p.parse_args(argv)
-    folder = clips(HERE / "out" / "decoder_start_clips")
+    folder = Path(args.clips).resolve() if args.clips else clips(HERE / "out" / "decoder_start_clips")
     counts = [int(n) for n in args.workers.split(",")]
     runs: dict[str, list[dict]] = {f"{method}:{n}": [] for n in counts for method in ("spawn", "vfeat")}
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,8 +30,8 @@ ROOT = HERE.parent
 MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 
 
-def child(kind: str, arch: str, weights: str, tree: str) -> None:
-    """One load, in a process whose ``vfeat`` is ``tree``'s (or open_clip's own path)."""
+def child(kind: str, arch: str, weights: str, tree: str, device: str) -> None:
+    """One load onto ``device``, in a process whose ``vfeat`` is ``tree``'s (or open_clip's own path)."""
     sys.path.insert(0, tree)
     import open_clip
     import torch
@@ -41,9 +41,11 @@ def child(kind: str, arch: str, weights: str, tree: str) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     if kind == "open_clip":
-        model = open_clip.create_model(arch, pretrained=weights)
+        model = open_clip.create_model(arch, pretrained=weights, device=device)
     else:
-        model = vfeat.load_model(arch, weights)
+        model = vfeat.load_model(arch, weights, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     del model
     print("RESULT " + json.dumps({"seconds": seconds, "vfeat": str(Path(vfeat.__file__).parent)}), flush=True)
@@ -99,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", action="append", default=[], help="another vfeat checkout to measure in the same run (repeatable)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cli", action="store_true", help="also time a whole `vfeat extract` of a 1-second clip per model and tree")
+    p.add_argument("--device", default="cpu", help="where the model goes (cuda: CUDA's start-up included, as in a run)")
     p.add_argument("--weights-dir", default=str(HERE / "out" / "weights"))
     p.add_argument("--out-json", default=None)
-    p.add_argument("--child", nargs=4, metavar=("KIND", "ARCH", "WEIGHTS", "TREE"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=5, metavar=("KIND", "ARCH", "WEIGHTS", "TREE", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(*args.child)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds = cli_extract(Path(kind[4:]), arch, str(weights[arch]), video)
                 else:
                     name, _, tree = kind.partition(":")
-                    seconds = run_child(["--child", name, arch, str(weights[arch]), tree or str(ROOT)])["seconds"]
+                    seconds = run_child(["--child", name, arch, str(weights[arch]), tree or str(ROOT), args.device])["seconds"]
                 runs[arch][kind].append(seconds)
                 print(f"[round {k + 1}] {arch} {kind}: {seconds:.2f} s", file=sys.stderr, flush=True)
 
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{base / median:>17.2f}x" if not kind.startswith("cli:") else f"{'':>18}"
             print(f"{arch:<10} {label:<44}{median:>10.2f}{ratio}")
     if args.out_json:
-        Path(args.out_json).write_text(json.dumps({"cpu_count": os.cpu_count(), "runs": runs, "summary": summary}, indent=2))
+        Path(args.out_json).write_text(json.dumps({"cpu_count": os.cpu_count(), "device": args.device, "runs": runs,
+                                                   "summary": summary}, indent=2))
     return 0
 
 
