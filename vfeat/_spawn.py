@@ -11,9 +11,9 @@ and no main module to import.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import threading
 from multiprocessing import spawn
+from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 #: the entries of the spawn start-up data that make a child import the parent's main module
@@ -32,7 +32,7 @@ def _preparation_data(name: str, _spawn_default: Any = spawn.get_preparation_dat
     return data
 
 
-class _Process(mp.get_context("spawn").Process):  # type: ignore[name-defined,misc]
+class _Process(SpawnProcess):
     def start(self) -> None:
         spawn.get_preparation_data = _preparation_data  # idempotent; read by the spawn launcher at each start
         _starting.without_main = True
@@ -42,11 +42,11 @@ class _Process(mp.get_context("spawn").Process):  # type: ignore[name-defined,mi
             _starting.without_main = False
 
 
-class _Context(type(mp.get_context("spawn"))):  # type: ignore[misc]
+class _Context(SpawnContext):
     Process = _Process
 
 
-def spawn_context() -> Any:
+def spawn_context() -> SpawnContext:
     """A ``multiprocessing`` spawn context whose processes do not import the caller's main module: their
     targets and arguments must come from importable modules (vfeat's, or a test's)."""
     return _Context()
