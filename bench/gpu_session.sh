@@ -2,11 +2,10 @@
 # One GPU session's measurements for issue 5, as one script (a lent GPU machine has minutes, not hours).
 #
 # The GPU machine has no ffmpeg CLI and no network: the corpus is generated beforehand on another machine
-# and travels with the checkout (small: --long-seconds 16 --short-clips 12 --tiny-clips 100), and each
-# video is then used --replicate times (hard links) so each phase runs long enough to time.
-#   here:  python bench/extract.py --corpus-only --corpus gpu_corpus --long-seconds 16 --short-clips 12 \
-#              --tiny-clips 100 --long-minutes 0
-#   there: bash bench/gpu_session.sh OUT_DIR        (PyAV, open_clip, zarr as wheels under .whl/ if missing)
+# and travels with the checkout (small: bench/gpu_corpus.env), and each video is then used --replicate times
+# (hard links) so each phase runs long enough to time.
+#   here:  bash bench/gpu_carry.sh                  (the corpus, and PyAV, open_clip, zarr as wheels under .whl/)
+#   there: bash bench/gpu_session.sh OUT_DIR
 #          STEPS="b32 l14" bash bench/gpu_session.sh OUT_DIR   runs only those steps (names below)
 #          SCALE=4 STEPS="b16 l14_model_bound" bash bench/gpu_session.sh OUT_DIR   4x as many copies of each
 #              video, and 4x the time limits: runs of ~40 s, where the decoders' ~0.7 s start-up weighs 2%
@@ -32,7 +31,8 @@ EOF
 SCALE=${SCALE:-1}
 REPLICATE=${REPLICATE:-$(( 60 * SCALE ))}
 MODEL_BOUND_REPLICATE=${MODEL_BOUND_REPLICATE:-$(( 20 * SCALE ))}
-CORPUS="--corpus gpu_corpus --long-seconds 16 --short-clips 12 --tiny-clips 100 --long-minutes 0 --replicate $REPLICATE"
+source "$(dirname "$0")/gpu_corpus.env"
+CORPUS="$GPU_CORPUS --replicate $REPLICATE"
 COMMON="$CORPUS --device cuda --skip-baseline --repeat 1"
 run() {  # name, seconds, args...
   local name=$1 limit=$(( $2 * SCALE )); shift 2
