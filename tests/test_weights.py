@@ -75,6 +75,23 @@ def test_weight_files_of_either_torch_save_format_read_the_same(tmp_path, zip_fo
         assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
 
 
+def test_a_file_that_cannot_be_mapped_is_read_whole(tmp_path, monkeypatch):
+    state = {"w": torch.randn(3, 3)}
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    real_load, mapped = torch.load, []
+
+    def no_mmap(*args, **kwargs):  # as on a file system that cannot map files
+        if kwargs.get("mmap"):
+            mapped.append(True)
+            raise RuntimeError("unable to mmap 4096 bytes from file: Operation not supported")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", no_mmap)
+    assert torch.equal(read_state_dict(path)["w"], state["w"])
+    assert mapped == [True]
+
+
 def _fill_hub_cache(hub: Path, state: dict[str, torch.Tensor]) -> None:
     """What a first online run leaves in the Hugging Face cache for open_clip's ``ViT-B-32`` / ``openai``
     tag (repo timm/vit_base_patch32_clip_224.openai, whose safetensors file open_clip prefers)."""
