@@ -22,19 +22,28 @@ _MAIN_MODULE_KEYS = ("init_main_from_name", "init_main_from_path")
 _starting = threading.local()  # .without_main: this thread is starting one of vfeat's processes
 
 
-def _preparation_data(name: str, _spawn_default: Any = spawn.get_preparation_data) -> dict[str, Any]:
-    """``multiprocessing.spawn.get_preparation_data``, less the main module for vfeat's processes; the same
-    as before for any other process, whichever thread starts it."""
-    data = _spawn_default(name)
-    if getattr(_starting, "without_main", False):
-        for key in _MAIN_MODULE_KEYS:
-            data.pop(key, None)
-    return data
+def _install() -> None:
+    """Wrap ``multiprocessing.spawn.get_preparation_data`` (read by the spawn launcher at each start) once: the
+    wrapper leaves the main module out for vfeat's processes, and returns what the function it wraps returns
+    for any other process, whichever thread starts it."""
+    wrapped = spawn.get_preparation_data
+    if getattr(wrapped, "vfeat_wrapper", False):
+        return
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data = wrapped(name)
+        if getattr(_starting, "without_main", False):
+            for key in _MAIN_MODULE_KEYS:
+                data.pop(key, None)
+        return data
+
+    preparation_data.vfeat_wrapper = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = preparation_data
 
 
 class _Process(SpawnProcess):
     def start(self) -> None:
-        spawn.get_preparation_data = _preparation_data  # idempotent; read by the spawn launcher at each start
+        _install()
         _starting.without_main = True
         try:
             super().start()
