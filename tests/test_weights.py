@@ -92,6 +92,33 @@ def test_a_file_that_cannot_be_mapped_is_read_whole(tmp_path, monkeypatch):
     assert mapped == [True]
 
 
+def test_a_file_is_hashed_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    """Evaluation checks the weight file's hash, then the load records it: one read of the file. A file
+    rewritten in place (same size) is hashed again."""
+    import hashlib
+    import types
+
+    from vfeat.models import weights
+
+    hashed = []
+
+    def counting_sha256() -> object:
+        hashed.append(True)
+        return hashlib.sha256()
+
+    monkeypatch.setattr(weights, "hashlib", types.SimpleNamespace(sha256=counting_sha256))
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"a" * 5000)
+    assert weights.sha256_file(path) == hashlib.sha256(b"a" * 5000).hexdigest()
+    assert weights.sha256_file(str(path)) == hashlib.sha256(b"a" * 5000).hexdigest()
+    assert len(hashed) == 1
+    before = path.stat()
+    path.write_bytes(b"b" * 5000)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))  # even within one clock tick
+    assert weights.sha256_file(path) == hashlib.sha256(b"b" * 5000).hexdigest()
+    assert len(hashed) == 2
+
+
 def _fill_hub_cache(hub: Path, state: dict[str, torch.Tensor]) -> None:
     """What a first online run leaves in the Hugging Face cache for open_clip's ``ViT-B-32`` / ``openai``
     tag (repo timm/vit_base_patch32_clip_224.openai, whose safetensors file open_clip prefers)."""

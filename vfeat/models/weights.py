@@ -29,13 +29,22 @@ _RANDOM_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "ka
                  "xavier_normal_", "orthogonal_", "sparse_")
 
 
+#: sha256 of the files hashed in this process, by (path, inode, size, modification and change times): evaluation
+#: checks a weight file's hash before loading it, and the load records it again (~1 s for ViT-L/14)
+_hashed: dict[tuple, str] = {}
+
+
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed (weight files are GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file, streamed (weight files are GBs); once per process while the file is unchanged."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _hashed:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk_bytes):
+                digest.update(block)
+        _hashed[key] = digest.hexdigest()
+    return _hashed[key]
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
