@@ -69,7 +69,7 @@ if step cold; then  # a command-line run's cold start, L/14 model-bound, without
   done; done
 fi
 # start-up (not in the default list): decode processes for a caller script that imports torch, vfeat's start
-# against plain spawn (15 processes, 100 one-second clips); model loads onto the GPU, open_clip's against vfeat's
+# against plain spawn (15 processes, the one-second clips of gpu_corpus); model loads onto the GPU, open_clip's against vfeat's
 step start && run decoder_start 60 bench/decoder_start.py --workers 15 --rounds 2 --clips gpu_corpus/full/tiny --out-json "$OUT_DIR/decoder_start.json"
 step load && run model_load 150 bench/model_load.py --models ViT-B-32,ViT-L-14 --device cuda --rounds 2 --out-json "$OUT_DIR/model_load.json"
 step small && run gpu_small 80 bench/extract.py $CORPUS --device cuda --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"

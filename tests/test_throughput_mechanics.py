@@ -763,7 +763,7 @@ def test_a_failure_in_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch
 
 # -- vfeat's processes leave the caller's main module out --------------------------------------------------
 
-def test_only_vfeats_own_processes_leave_the_main_module_out(tmp_path):
+def test_only_vfeats_own_processes_leave_the_main_module_out():
     """vfeat's spawned processes get no main module to import (tests/test_readme.py shows why that matters);
     every other process started the spawn way still does, even one started by another thread meanwhile."""
     import threading
