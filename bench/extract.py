@@ -303,12 +303,22 @@ WAIT_IDLE_S = 0.0
 
 
 def measured(fn, *a, **k) -> dict:
-    """Run one measurement; attach the share of the CPU that other processes took meanwhile."""
+    """Run one measurement; attach the share of the CPU that other processes took meanwhile, and the CPU
+    seconds of this process and of the processes it started and joined (the decode processes)."""
+    import resource
+
     if WAIT_IDLE_S > 0:
         wait_idle(WAIT_IDLE_S)
+
+    def cpu(who: int) -> float:
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+
+    this, children = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
     with CpuMeter() as meter:
         result = fn(*a, **k)
     result["other_load"] = meter.foreign_share
+    result["cpu_s"] = {"this_process": cpu(resource.RUSAGE_SELF) - this, "children": cpu(resource.RUSAGE_CHILDREN) - children}
     return result
 
 
@@ -872,6 +882,11 @@ def report(r: dict) -> str:
         t = r["e2e"]["timings"]
         row("  model process: warm-up / frame wait / model / last merge, s",
             " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("warm_up_s", "decode_wait_s", "model_s", "store_close_s")))
+        if t.get("decoders_held_s") is not None:
+            row("  a decode process waited for the model process to take frames, s (mean)", f"{t['decoders_held_s']:.2f}")
+    if "cpu_s" in r["e2e"] and "cpu_s" in r["decode"]:
+        row("  CPU s of the decode processes: decode-only / end to end",
+            f"{r['decode']['cpu_s']['children']:.1f} / {r['e2e']['cpu_s']['children']:.1f}")
     if r["e2e"].get("gpu_utilisation") is not None:
         row("  GPU utilisation during end to end (mean, nvidia-smi)", f"{r['e2e']['gpu_utilisation']:.0f}%")
     if "baseline" in r:

@@ -60,6 +60,10 @@ def child(kind: str, folders: list[str], workers: int, out: str, tree: str, devi
         summary = vfeat.extract(folders, out, encoder=encoder, fps=1.0, workers=workers, batch_size=256)
         result = {"seconds": time.perf_counter() - started, "frames": summary.frames, "timings": summary.timings}
         shutil.rmtree(out, ignore_errors=True)
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the decode processes, joined by now
+    result["decoders_cpu_s"] = usage.ru_utime + usage.ru_stime
     result["vfeat"] = str(Path(vfeat.__file__).parent)  # which tree was measured
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -122,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         per_round = [a["seconds"] / b["seconds"] for a, b in zip(runs[str(tree)]["decode"], runs[str(tree)]["e2e"])]
         summary[str(tree)] = {"decode_s": d, "e2e_s": e, "ratio": d / e, "ratio_per_round": per_round}
         print(f"{str(tree)[-32:]:<32}{d:>15.2f}{e:>14.2f}{d / e:>14.2f}   {', '.join(f'{x:.2f}' for x in per_round)}")
+        cpu = {kind: statistics.median(r.get("decoders_cpu_s", float("nan")) for r in runs[str(tree)][kind]) for kind in ("decode", "e2e")}
+        held = [r["timings"]["decoders_held_s"] for r in runs[str(tree)]["e2e"] if "decoders_held_s" in r.get("timings", {})]
+        summary[str(tree)].update(decoders_cpu_s=cpu, decoders_held_s=statistics.median(held) if held else None)
+        print(f"{'':<32}decode processes' CPU s: decode-only {cpu['decode']:.2f}, end to end {cpu['e2e']:.2f}"
+              + (f"; waited for the model process {statistics.median(held):.2f} s (mean per process)" if held else ""))
     if args.out_json:
         Path(args.out_json).write_text(json.dumps({"folders": folders, "workers": args.workers, "decode_threads": args.decode_threads,
                                                    "runs": runs, "summary": summary}, indent=2))

@@ -238,3 +238,16 @@ def test_successful_run_exit_0_and_summary_line(tmp_path, tiny_model, small_vide
     times = re.search(r"time: (.*?) s$", one_line(result.output)).group(1)
     assert times.startswith("model load ") and "model " in times and "store close " in times
     assert "warm up" not in times  # a CPU run does not warm up: no "warm up 0.0 s" to puzzle over
+    assert "model waiting for frames " in times and "decoders waiting" not in times  # no decode process ran
+
+
+def test_summary_says_what_each_side_waited_for_with_decode_processes(tmp_path, tiny_model, small_video):
+    """With decode processes both waits are shown, on the "time:" line and in --json's timings."""
+    summary = tmp_path / "run.json"
+    result = runner.invoke(app, ["extract", str(small_video), "--out", str(tmp_path / "s.zarr"), "--fps", "2", "--workers", "1",
+                                 "--no-progress", "--json", str(summary), *tiny_model.cli_args()])
+    assert result.exit_code == 0, result.output
+    times = re.search(r"time: (.*?) s$", one_line(result.output)).group(1)
+    assert re.search(r"model waiting for frames \d+\.\d s, decoders waiting for the model \d+\.\d s", times), times
+    timings = json.loads(summary.read_text())["timings"]
+    assert timings["decoders_held_s"] >= 0 and timings["decode_wait_s"] > 0  # the process's start-up, at least

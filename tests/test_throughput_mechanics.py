@@ -42,6 +42,7 @@ from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess
 from vfeat import decode_processes, frame_ring
 from vfeat.frame_ring import FrameRing
 from vfeat.decode_processes import decode_in_processes
+from vfeat import pipeline
 from vfeat.pipeline import Batcher, RunStats, _Video, encode_videos
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
@@ -633,6 +634,35 @@ def test_the_model_warms_up_while_the_decode_processes_start(tmp_path, clips, ti
     monkeypatch.setenv("VFEAT_WARM_UP", "0")  # off, to measure what it buys
     vfeat.extract([str(c) for c in clips], str(tmp_path / "t.zarr"), **dict(tiny_model.extract_kwargs(), fps=10.0, workers=2))
     assert running_during_warm_up == [2]
+
+
+class SlowChannelMeans(ChannelMeans):
+    """ChannelMeans at 8 ms a frame: slower than one process decodes the tiny clips."""
+
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.008 * len(pixels))
+        return super().encode_frames(pixels)
+
+
+def test_the_run_says_which_side_waited_the_model_or_the_decode_processes(clips):
+    """``decoders_held_s`` (a decode process waiting for the model process to take its frames) against
+    ``decode_wait_s`` (the model process waiting for frames): a slow model holds the decoders back, a model
+    that costs nothing waits for them. With ``workers=0`` nobody decodes elsewhere: no such time at all."""
+    sources = [VideoSource(c.name, str(c)) for c in clips]
+    plan = SamplingPlan(fps=25.0)  # every frame: 225 of them, 1.8 s in the slow model
+
+    def stats_of(encoder: VideoEncoder, workers: int) -> RunStats:
+        records: list[VideoRecord] = []
+        stats = pipeline.run(sources, encoder, plan, records.append, pytest.fail, batch_size=8, workers=workers,
+                             storage_dtype="float32")
+        assert len(records) == len(clips) and stats.frames == 225
+        return stats
+
+    slow, fast = stats_of(SlowChannelMeans(), 1), stats_of(ChannelMeans(), 1)
+    # the one decode process has credits for 64 frames: it waits while the model encodes the other 161
+    assert slow.decoders_held_s > 0.6 and slow.decoders_held_s > 3 * slow.decode_wait_s
+    assert fast.decode_wait_s > 5 * fast.decoders_held_s  # the decode process's start-up alone
+    assert stats_of(ChannelMeans(), 0).decoders_held_s is None
 
 
 def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):

@@ -25,6 +25,11 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+#: extract's "time:" line. The two waits say what bounds a run: the model waiting for frames (decoding:
+#: more --workers, or --precision bf16 leaves more cores to decode on a CPU) or the decode processes
+#: waiting for the model to take their frames (the model).
+TIMING_LABELS = {"decode_wait_s": "model waiting for frames", "decoders_held_s": "decoders waiting for the model"}
+
 
 def _fail(exc: Exception) -> None:
     err.print(f"vfeat: error: {exc}", markup=False, highlight=False, soft_wrap=True)
@@ -113,7 +118,7 @@ def extract(
     )
     if summary.timings:
         shown = {k: v for k, v in summary.timings.items() if k != "warm_up_s" or v > 0}  # the warm-up runs on GPUs only
-        console.print("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f} s" for k, v in shown.items()),
+        console.print("time: " + ", ".join(f"{TIMING_LABELS.get(k, k[:-2].replace('_', ' '))} {v:.1f} s" for k, v in shown.items()),
                       markup=False, highlight=False)
     if json_out:
         Path(json_out).write_text(json.dumps({

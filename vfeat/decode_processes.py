@@ -76,6 +76,7 @@ class _Seat:
     conn: Any = None  # None once the process has ended
     took: int | None = None
     said_exit: bool = False
+    held_s: float = 0.0  # what the processes of this seat waited for credits, as they said at exit
     owed: int = 0  # credits for frames taken, not yet given back
 
 
@@ -122,7 +123,9 @@ class DecodeProcesses:
 
     def messages(self, stats: RunStats) -> Iterator[tuple]:
         """The decode messages of every process as they come (frames copied out of the ring), until every
-        process has ended; ``stats.decode_wait_s`` adds up the time spent waiting for them."""
+        process has ended; ``stats.decode_wait_s`` adds up the time spent waiting for them, and at the end
+        ``stats.decoders_held_s`` is the time a decode process waited for this one to take its frames (the
+        mean over the processes): which of the two waited says whether decoding or the model bounds the run."""
         for job in self.handout.too_long:
             self.ended.add(job)
             yield ("error", job, f"{self.paths[job]}: its path is longer than {MAX_PATH_BYTES} bytes, more than vfeat can "
@@ -140,6 +143,7 @@ class DecodeProcesses:
                 message = self._on_message(live[conn], message)
                 if message is not None:
                     yield message
+        stats.decoders_held_s = sum(seat.held_s for seat in self.seats) / len(self.seats)
         if len(self.ended) < len(self.paths):
             yield from self._lost()
 
@@ -163,6 +167,7 @@ class DecodeProcesses:
             return None
         if kind == "exit":
             seat.said_exit = True
+            seat.held_s += message[1]
             return None
         if kind in ("done", "error"):
             self.ended.add(message[1])

@@ -38,8 +38,10 @@ class ExtractSummary:
     failures: list[Failure] = field(default_factory=list)
     #: Total duration of the videos stored by this run: ``video_seconds / seconds`` is the speed against real time.
     video_seconds: float = 0.0
-    #: Where the time went (seconds): loading the model, the model waiting for decoded frames, the model, and
-    #: the last merge into the store after the last video (with ``devices``: in the slowest device process).
+    #: Where the time went (seconds): loading the model, the model waiting for decoded frames, a decode process
+    #: waiting for the model to take its frames (mean; only when decode processes ran), the model, and the
+    #: last merge into the store after the last video (with ``devices``: in the slowest device process).
+    #: The two waits tell a decode-bound run from a model-bound one.
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -199,12 +201,13 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
                     hwaccel_workers=hwaccel_workers)
         closing = time.perf_counter()  # the last merge into the shard, after the last video is encoded
     close_s = time.perf_counter() - closing
+    timings = {"model_load_s": model_load_s, "warm_up_s": stats.warm_up_s, "decode_wait_s": stats.decode_wait_s,
+               "decoders_held_s": stats.decoders_held_s, "model_s": stats.model_s, "store_close_s": close_s}
     return ExtractSummary(
         out=shard, videos_total=len(sources), videos_skipped=len(sources) - len(todo), videos_ok=stats.videos_ok,
         videos_failed=stats.videos_failed, frames=stats.frames, seconds=time.perf_counter() - started, failures=failures,
         video_seconds=stats.video_seconds,
-        timings={"model_load_s": model_load_s, "warm_up_s": stats.warm_up_s, "decode_wait_s": stats.decode_wait_s,
-                 "model_s": stats.model_s, "store_close_s": close_s},
+        timings={k: v for k, v in timings.items() if v is not None},  # decoders_held_s: only with decode processes
     )
 
 

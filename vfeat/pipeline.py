@@ -58,7 +58,8 @@ class RunStats:
     videos_failed: int = 0
     frames: int = 0
     video_seconds: float = 0.0  # duration of the videos stored: with wall time, how many times real time
-    decode_wait_s: float = 0.0
+    decode_wait_s: float = 0.0  # the model process waited for frames: decoding bounds the run
+    decoders_held_s: float | None = None  # a decode process waited for the model process to take frames (mean)
     model_s: float = 0.0
     warm_up_s: float = 0.0  # the model's first batch, on blank frames, while the decode processes start
 

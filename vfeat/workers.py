@@ -8,13 +8,15 @@ Messages (tuples, cheap to pickle):
   ``pixels`` may instead be :class:`~vfeat.frame_ring.RingSlots`: where the frames wait in shared memory;
 - ``("done", job)`` or ``("error", job, message)``.
 
-A decode process also says ``("took", job)`` as it takes a video and ``("exit",)`` at the end.
+A decode process also says ``("took", job)`` as it takes a video and ``("exit", held_s)`` at the end:
+``held_s``, the seconds it waited for the model process to take its frames (:class:`FrameCredits`).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -74,10 +76,14 @@ class FrameCredits:
 
     def __init__(self, conn: Any, frames: int) -> None:
         self.conn, self.left = conn, frames
+        self.waited_s = 0.0  # held back by the model process: a model-bound run, not a decode-bound one
 
     def acquire(self) -> None:
-        while self.left == 0:
-            self.left += self.conn.recv()
+        if self.left == 0:
+            started = time.perf_counter()
+            while self.left == 0:
+                self.left += self.conn.recv()
+            self.waited_s += time.perf_counter() - started
         self.left -= 1
 
 
@@ -144,7 +150,7 @@ def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_cl
                     for _ in range(len(message[3])):
                         frame_credits.acquire()
                 outbox.put(message)
-        outbox.put(("exit",))
+        outbox.put(("exit", frame_credits.waited_s))
     except EOFError:  # the model process is gone (killed): nobody is left to decode for
         pass
     finally:
