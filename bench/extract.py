@@ -880,12 +880,12 @@ def report(r: dict) -> str:
         row("  seconds of video per second (x real time)", f"{r['e2e']['x_real_time']:.1f}")
     if "timings" in r["e2e"]:
         t = r["e2e"]["timings"]
-        row("  model process: warm-up / frame wait / model / last merge, s",
+        row("  model process: warm-up/frame wait/model/merge, s",
             " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("warm_up_s", "decode_wait_s", "model_s", "store_close_s")))
         if t.get("decoders_held_s") is not None:
-            row("  a decode process waited for the model process to take frames, s (mean)", f"{t['decoders_held_s']:.2f}")
+            row("  decode process waited for the model, s (mean)", f"{t['decoders_held_s']:.2f}")
     if "cpu_s" in r["e2e"] and "cpu_s" in r["decode"]:
-        row("  CPU s of the decode processes: decode-only / end to end",
+        row("  decode processes' CPU s: decode-only / end to end",
             f"{r['decode']['cpu_s']['children']:.1f} / {r['e2e']['cpu_s']['children']:.1f}")
     if r["e2e"].get("gpu_utilisation") is not None:
         row("  GPU utilisation during end to end (mean, nvidia-smi)", f"{r['e2e']['gpu_utilisation']:.0f}%")
