@@ -665,6 +665,110 @@ def test_the_run_says_which_side_waited_the_model_or_the_decode_processes(clips)
     assert stats_of(ChannelMeans(), 0).decoders_held_s is None
 
 
+# -- decoding while the model loads ---------------------------------------------------------------------
+
+def _counting_decode_starts(monkeypatch) -> list[int]:
+    """How many sets of decode processes a run starts (the number of processes in each)."""
+    starts: list[int] = []
+    original = decode_processes.DecodeProcesses.__init__
+
+    def counted(self, jobs, decode_args, decoders, *args, **kwargs):
+        starts.append(len(decoders))
+        original(self, jobs, decode_args, decoders, *args, **kwargs)
+
+    monkeypatch.setattr(decode_processes.DecodeProcesses, "__init__", counted)
+    return starts
+
+
+def _same_store(a: Path, b: Path) -> None:
+    with vfeat.open_store(str(a)) as one, vfeat.open_store(str(b)) as two:
+        assert sorted(one.ids) == sorted(two.ids)
+        for vid in one.ids:
+            for x, y in zip(one[vid], two[vid]):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_decoding_starts_before_the_model_loads_and_stores_the_same(tmp_path, clips, tiny_model, monkeypatch):
+    """The decode processes are running when the model starts loading; the store is the one a run that
+    starts them after the load writes (VFEAT_EARLY_DECODE=0), bit for bit."""
+    import multiprocessing
+
+    from vfeat import extractor
+
+    running_at_load: list[int] = []
+    load_model = extractor.load_model
+
+    def watched(*args, **kwargs):
+        running_at_load.append(len(multiprocessing.active_children()))
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(extractor, "load_model", watched)
+    starts = _counting_decode_starts(monkeypatch)
+    kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, batch_size=7)
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "two.zarr"), workers=2, **kwargs)
+    assert running_at_load == [2] and starts == [2]
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "early.zarr"), workers=1, **kwargs)
+    monkeypatch.setenv("VFEAT_EARLY_DECODE", "0")
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "late.zarr"), workers=1, **kwargs)
+    assert running_at_load == [2, 1, 0] and starts == [2, 1, 1]
+    _same_store(tmp_path / "early.zarr", tmp_path / "late.zarr")
+
+
+def test_a_wrong_guess_of_the_input_size_starts_decoding_again_at_the_models(tmp_path, clips, tiny_model, monkeypatch):
+    from vfeat import extractor
+
+    kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, batch_size=7, workers=1)
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "right.zarr"), **kwargs)
+    assert extractor.input_guess(tiny_model.name, tiny_model.state_dict, tiny_model.config) == (32, "bicubic")
+    monkeypatch.setattr(extractor, "input_guess", lambda *args: (48, "bicubic"))
+    starts = _counting_decode_starts(monkeypatch)
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "wrong.zarr"), **kwargs)
+    assert starts == [1, 1]  # before the load at 48 px, then again at the model's 32
+    _same_store(tmp_path / "right.zarr", tmp_path / "wrong.zarr")
+
+
+def test_a_resumed_run_decodes_early_only_the_videos_the_store_lacks(tmp_path, clips, tiny_model, monkeypatch):
+    store = tmp_path / "s.zarr"
+    kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, batch_size=7, workers=1)
+    vfeat.extract([str(c) for c in clips[:2]], str(store), **kwargs)
+    taken: list[int] = []
+    original = decode_processes.DecodeProcesses.__init__
+
+    def counted(self, jobs, *args, **kwargs):
+        taken.append(len(jobs))
+        original(self, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(decode_processes.DecodeProcesses, "__init__", counted)
+    summary = vfeat.extract([str(c) for c in clips], str(store), **kwargs)
+    assert (summary.videos_skipped, summary.videos_ok) == (2, 3) and taken == [3]  # started once, for the 3 left
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "whole.zarr"), **kwargs)
+    _same_store(store, tmp_path / "whole.zarr")
+
+
+def test_a_model_that_fails_to_load_stops_the_early_decoding_and_writes_nothing(tmp_path, clips, tiny_model, monkeypatch):
+    import multiprocessing
+
+    from vfeat.errors import VfeatError
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    store = tmp_path / "s.zarr"
+    starts = _counting_decode_starts(monkeypatch)
+    with pytest.raises(VfeatError, match="broken.pt"):
+        vfeat.extract([str(c) for c in clips], str(store), **dict(tiny_model.extract_kwargs(str(broken)), fps=10.0, workers=2))
+    assert starts == [2]  # they had started
+    assert multiprocessing.active_children() == [] and not store.exists()
+
+
+def test_the_input_size_guessed_from_the_configuration_is_the_loaded_models():
+    from vfeat.models.factory import input_guess, load_model
+
+    encoder = load_model("ViT-B/32", "none")
+    assert input_guess("ViT-B/32", "none") == (encoder.preprocess.image_size, encoder.preprocess.interpolation) == (224, "bicubic")
+    assert input_guess("ViT-L/14@336px") == (336, "bicubic") and input_guess("RN50x4") == (288, "bicubic")
+    assert input_guess("clip-vip-b32") is None  # a clip model: its decoding starts once it is loaded
+
+
 def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):
     """A long video (its rows spooled to a file) fails after some of its frames were batched: its spool
     file is gone, the batch still runs for the other videos, and the failure is reported."""

@@ -99,6 +99,7 @@ class DecodeProcesses:
         self.handout = VideoHandout(self.ctx, jobs, len(decoders))
         self.ring = FrameRing.create(len(decoders), self.credits, frame_shape)
         self.seats = [_Seat(hwaccel) for hwaccel in decoders]
+        self.stopped = False
         try:
             for number in range(len(self.seats)):
                 self._start(number)
@@ -217,6 +218,11 @@ class DecodeProcesses:
         return [self.paths[s.took] for s in self.seats if s.took is not None and s.took not in self.ended]
 
     def stop(self) -> None:
+        """End every process and free the pipe and the ring; once (the caller that started them early and
+        :func:`vfeat.pipeline.run`, which took them over, may both stop them)."""
+        if self.stopped:
+            return
+        self.stopped = True
         for seat in self.seats:
             if seat.process is not None and seat.process.pid is not None:  # the started ones
                 if seat.process.is_alive():

@@ -3,7 +3,9 @@ already committed, runs the pipeline, and returns a summary (failures included).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -11,13 +13,14 @@ from typing import Any, Callable
 
 
 from vfeat import __version__
-from vfeat.decode import check_hwaccel
+from vfeat.decode import Resize, check_hwaccel
+from vfeat.decode_processes import DecodeProcesses
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
-from vfeat.models.factory import load_model, resolve_device
-from vfeat.pipeline import RunStats, check_plan, run
+from vfeat.models.factory import input_guess, load_model, resolve_device
+from vfeat.pipeline import RunStats, check_plan, decode_resize, one_clip_per_video, resize_to, run, start_decoding
 from vfeat.sampling import SamplingPlan
-from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for
+from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
 from vfeat.store.writer import ShardWriter
@@ -170,36 +173,49 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
                     on_open: Callable[[str], None] | None = None, hwaccel: str | None = None,
                     hwaccel_workers: int | None = None, **model_options: Any) -> ExtractSummary:
     """One model process: encode ``sources`` into this process's shard of ``out``. ``on_open(shard)`` runs
-    once the shard exists, before any video is committed in it (default: :func:`vfeat.shards.list_shard`)."""
+    once the shard exists, before any video is committed in it (default: :func:`vfeat.shards.list_shard`).
+
+    Loading the model takes seconds (imports, weights, a GPU's start); the decode processes start first and
+    decode meanwhile (:class:`_EarlyDecoding`). Settings are still checked, and the store opened, only once
+    the model is loaded, as before."""
     load_started = time.perf_counter()
-    if encoder is None:
-        encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
-        encoder.drop_text_tower()
-    check_plan(encoder, plan)
     shard = shard_for(out, store_format, rank)
-    model_load_s = time.perf_counter() - load_started
-    started = time.perf_counter()
-    attrs = store_attrs(encoder, plan, dtype)
-    elsewhere = committed_elsewhere(out, shard, attrs)  # refuses other settings before this shard exists
-    with ShardWriter(shard, attrs) as writer:
-        if on_open is None:
-            list_shard(out, shard)  # before any commit: a manifest hides the shards it does not list
-        else:
-            on_open(shard)
-        done = writer.committed | elsewhere
-        todo = [s for s in sources if s.video_id not in done]
-        failures: list[Failure] = []
+    with contextlib.ExitStack() as decoding:
+        early = None
+        if encoder is None:
+            early = _EarlyDecoding.start(sources, out, shard, model, pretrained, model_config, plan, device, batch_size,
+                                         workers, hwaccel, hwaccel_workers)
+            if early is not None:
+                decoding.enter_context(early.processes)  # stopped if anything below fails before run takes them
+            encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
+            encoder.drop_text_tower()
+        check_plan(encoder, plan)
+        model_load_s = time.perf_counter() - load_started
+        started = time.perf_counter()
+        attrs = store_attrs(encoder, plan, dtype)
+        elsewhere = committed_elsewhere(out, shard, attrs)  # refuses other settings before this shard exists
+        with ShardWriter(shard, attrs) as writer:
+            if on_open is None:
+                list_shard(out, shard)  # before any commit: a manifest hides the shards it does not list
+            else:
+                on_open(shard)
+            done = writer.committed | elsewhere
+            todo = [s for s in sources if s.video_id not in done]
+            failures: list[Failure] = []
 
-        def fail(failure: Failure) -> None:
-            failures.append(failure)
-            writer.fail(failure)
+            def fail(failure: Failure) -> None:
+                failures.append(failure)
+                writer.fail(failure)
 
-        if on_start:
-            on_start(len(todo), len(sources) - len(todo))
-        stats = run(todo, encoder, plan, writer.add, fail, batch_size=batch_size, workers=workers,
-                    storage_dtype=dtype, on_progress=on_progress, spool_dir=writer.spool_dir, hwaccel=hwaccel,
-                    hwaccel_workers=hwaccel_workers)
-        closing = time.perf_counter()  # the last merge into the shard, after the last video is encoded
+            if on_start:
+                on_start(len(todo), len(sources) - len(todo))
+            processes = early.processes if early is not None and early.fits(encoder, plan, todo) else None
+            if early is not None and processes is None:
+                early.processes.stop()  # decoding the wrong videos or at the wrong size: run starts it again
+            stats = run(todo, encoder, plan, writer.add, fail, batch_size=batch_size, workers=workers,
+                        storage_dtype=dtype, on_progress=on_progress, spool_dir=writer.spool_dir, hwaccel=hwaccel,
+                        hwaccel_workers=hwaccel_workers, processes=processes)
+            closing = time.perf_counter()  # the last merge into the shard, after the last video is encoded
     close_s = time.perf_counter() - closing
     timings = {"model_load_s": model_load_s, "warm_up_s": stats.warm_up_s, "decode_wait_s": stats.decode_wait_s,
                "decoders_held_s": stats.decoders_held_s, "model_s": stats.model_s, "store_close_s": close_s}
@@ -211,4 +227,38 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     )
 
 
+@dataclass
+class _EarlyDecoding:
+    """Decode processes started before the model is loaded, on guesses made without it: the input size
+    from the model's configuration (:func:`~vfeat.models.factory.input_guess`) and the videos the store
+    does not hold yet (:func:`~vfeat.shards.stored_ids`). They decode up to their frame budget while the
+    model loads; once it has, :meth:`fits` checks both guesses, and a run whose guess was wrong (rare)
+    starts its decoding again. ``VFEAT_EARLY_DECODE=0`` turns this off (to measure what it buys)."""
 
+    processes: DecodeProcesses
+    video_ids: list[str]
+    resize: Resize
+
+    @classmethod
+    def start(cls, sources: list[VideoSource], out: str, shard: str, model: str, pretrained: str | None,
+              model_config: str | None, plan: SamplingPlan, device: str, batch_size: int, workers: int | None,
+              hwaccel: str | None, hwaccel_workers: int | None) -> _EarlyDecoding | None:
+        if os.environ.get("VFEAT_EARLY_DECODE", "1") == "0" or workers == 0:
+            return None
+        guess = input_guess(model, pretrained, model_config)  # CLIP models only: frames, not clips
+        done = stored_ids(out, shard) if guess is not None else None
+        if done is None:
+            return None
+        todo = [s for s in sources if s.video_id not in done]
+        if not todo:
+            return None
+        resize = resize_to(*guess)
+        processes = start_decoding(todo, plan, resize, False, resolve_device(device), batch_size, workers, hwaccel,
+                                   hwaccel_workers)
+        return None if processes is None else cls(processes, [s.video_id for s in todo], resize)
+
+    def fits(self, encoder: VideoEncoder, plan: SamplingPlan, todo: list[VideoSource]) -> bool:
+        """Whether these processes decode what the run needs: its videos in its order, at its model's size,
+        one row per sampled frame."""
+        return (decode_resize(encoder) == self.resize and not one_clip_per_video(encoder, plan)
+                and [s.video_id for s in todo] == self.video_ids)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vfeat.decode import Resize
-from vfeat.decode_processes import HWACCEL_WORKERS, default_workers, start_decode_processes
+from vfeat.decode_processes import HWACCEL_WORKERS, DecodeProcesses, default_workers, start_decode_processes
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
@@ -285,8 +285,11 @@ def check_plan(encoder: VideoEncoder, plan: SamplingPlan) -> None:
 
 def decode_resize(encoder: VideoEncoder) -> Resize:
     """Frames leave the decoder at the model's input size, resized with the model's interpolation."""
-    pre = encoder.preprocess
-    return Resize(short_side=pre.image_size, crop=pre.image_size, interpolation=_swscale_name(pre.interpolation))
+    return resize_to(encoder.preprocess.image_size, encoder.preprocess.interpolation)
+
+
+def resize_to(image_size: int, interpolation: str) -> Resize:
+    return Resize(short_side=image_size, crop=image_size, interpolation=_swscale_name(interpolation))
 
 
 def one_clip_per_video(encoder: VideoEncoder, plan: SamplingPlan) -> bool:
@@ -364,28 +367,46 @@ def _messages_inline(jobs: list[tuple[int, str]], plan: SamplingPlan, resize: Re
         yield from decode_job(job, path, plan, resize, one_clip)
 
 
+def start_decoding(sources: list[VideoSource], plan: SamplingPlan, resize: Resize, one_clip: bool, device: torch.device,
+                   batch_size: int, workers: int | None = None, hwaccel: str | None = None,
+                   hwaccel_workers: int | None = None) -> DecodeProcesses | None:
+    """The decode processes :func:`run` starts for ``sources`` (``None``: decode in this process). Started
+    by the caller, they decode while it does something else (loads the model), up to their frame budget;
+    :func:`run` then takes them over (its ``processes``)."""
+    workers = default_workers(device) if workers is None else workers
+    hw = (HWACCEL_WORKERS if hwaccel_workers is None else hwaccel_workers) if hwaccel else 0
+    if workers + hw == 0:
+        return None
+    jobs = [(i, s.path) for i, s in enumerate(sources)]
+    return start_decode_processes(jobs, plan, resize, one_clip, workers, hwaccel, hw, frame_budget=2 * batch_size)
+
+
 def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, commit: Callable[[VideoRecord], None],
         fail: Callable[[Failure], None], batch_size: int = 64, workers: int | None = None, storage_dtype: str = "float16",
         on_progress: Callable[[RunStats, int], None] | None = None, spool_dir: str | None = None,
-        hwaccel: str | None = None, hwaccel_workers: int | None = None) -> RunStats:
+        hwaccel: str | None = None, hwaccel_workers: int | None = None,
+        processes: DecodeProcesses | None = None) -> RunStats:
     """Encode ``sources`` and hand each finished video to ``commit`` (failures to ``fail``); long videos'
     rows are spooled under ``spool_dir`` (see :func:`encode_videos`). With ``hwaccel``,
     ``hwaccel_workers`` decode processes (default :data:`HWACCEL_WORKERS`) decode on that device beside
-    the ``workers`` CPU ones."""
+    the ``workers`` CPU ones. ``processes``: decode processes already started for exactly ``sources``, this
+    model's resize and sampling (:func:`start_decoding`); run stops them when it ends."""
     stats = RunStats()
-    if not sources:
-        return stats
-    resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
-    jobs = [(i, s.path) for i, s in enumerate(sources)]
-    workers = default_workers(encoder.device) if workers is None else workers
-    hw = (HWACCEL_WORKERS if hwaccel_workers is None else hwaccel_workers) if hwaccel else 0
     with contextlib.ExitStack() as running:
+        if processes is not None:
+            running.enter_context(processes)
+        if not sources:
+            return stats
+        resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
         messages: Iterable[tuple]
-        if workers + hw == 0:
-            messages = _messages_inline(jobs, plan, resize, one_clip)
+        if processes is None:
+            processes = start_decoding(sources, plan, resize, one_clip, encoder.device, batch_size, workers, hwaccel,
+                                       hwaccel_workers)
+            if processes is not None:
+                running.enter_context(processes)
+        if processes is None:
+            messages = _messages_inline([(i, s.path) for i, s in enumerate(sources)], plan, resize, one_clip)
         else:
-            processes = running.enter_context(start_decode_processes(jobs, plan, resize, one_clip, workers, hwaccel, hw,
-                                                                     frame_budget=2 * batch_size))
             messages = processes.messages(stats)
             if _warm_up_wanted(encoder):
                 started = time.perf_counter()

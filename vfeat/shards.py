@@ -53,6 +53,21 @@ def committed_elsewhere(out: str, own_shard: str, attrs: dict[str, Any] | None =
     return done
 
 
+def stored_ids(out: str, own_shard: str) -> set[str] | None:
+    """Ids stored in ``out`` (this process's shard and the others), read without checking their settings:
+    a guess of what a run will skip, made before its model is loaded. ``None`` where reading fails; the
+    run's own reading (:class:`ShardWriter`, :func:`committed_elsewhere`) decides."""
+    try:
+        done = committed_elsewhere(out, own_shard)
+        if fs.exists(own_shard):
+            with open_read(own_shard, shard_kind(own_shard)) as tree:  # type: ignore[arg-type]
+                if not interrupted_creation(tree):
+                    done.update(read_ids(tree))
+        return done
+    except Exception:  # noqa: BLE001 - a guess: anything wrong here is for the run's own reading to say
+        return None
+
+
 def _committed(path: str, attempts: int = 10, pause_s: float = 0.1) -> bool:
     """Whether a sibling shard has its commit record. Its own process may be creating it right now (afresh,
     or anew after a kill during creation): for a moment it is a folder without metadata, or loses arrays

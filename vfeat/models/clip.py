@@ -6,6 +6,8 @@ many videos together, and a clip's embedding is the mean of its frames' embeddin
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,6 +71,24 @@ def _register_config(config_path: str) -> str:
         raise ModelError(f"--model-config {config_path}: file not found")
     open_clip.add_model_config(path)
     return path.stem
+
+
+def input_size_guess(name: str, config_path: str | None = None) -> int | None:
+    """The input size the model ``name`` will have, read from its architecture file without importing
+    open_clip (1-2 s) or reading weights: the decode processes can start while the model loads. A guess
+    (``None`` when the file says nothing plain): :func:`build`'s model has the last word."""
+    if config_path:
+        path = Path(config_path)
+    else:
+        spec = importlib.util.find_spec("open_clip")  # finds the package without running it
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(list(spec.submodule_search_locations)[0]) / "model_configs" / f"{open_clip_arch(name)}.json"
+    try:
+        size = json.loads(path.read_text())["vision_cfg"]["image_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return size if isinstance(size, int) else None
 
 
 def build(name: str, pretrained: str | None = None, config_path: str | None = None, wise_with: str | None = None,

@@ -66,6 +66,21 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
     return encoder
 
 
+def input_guess(name: str, pretrained: str | None = None, config: str | None = None) -> tuple[int, str] | None:
+    """``(image_size, interpolation)`` of the frames the model ``name`` will take, guessed from its
+    configuration before it is loaded (no weights, no open_clip import), so that decoding can start
+    meanwhile; ``None`` where only loading tells (the video families, whose decoding also depends on the
+    sampling). A guess: the loaded model's :attr:`~VideoEncoder.preprocess` decides, and a run whose guess
+    was wrong starts its decoding again. Interpolation: bicubic, that of every OpenAI and nearly every
+    open_clip checkpoint."""
+    if get_spec(name) is not None or name.startswith(("hf-hub:", "local-dir:")):
+        return None
+    from vfeat.models import clip
+
+    size = clip.input_size_guess(name, config)
+    return None if size is None else (size, "bicubic")
+
+
 def _build(name: str, pretrained: str | None, config: str | None, options: dict[str, Any]) -> VideoEncoder:
     spec = get_spec(name)
     options = {k: v for k, v in options.items() if v is not None}
