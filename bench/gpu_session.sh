@@ -11,7 +11,8 @@
 #              video, and 4x the time limits: runs of ~40 s, where the decoders' ~0.7 s start-up weighs 2%
 # Writes gpu_*.json, overhead.json, nvdec.json and logs.tgz (the full logs) into OUT_DIR; prints each table.
 # Step "cold" (not in the default list): a freshly loaded L/14's first run with VFEAT_WARM_UP=0 and 1.
-# Steps "start" and "load" (not in the default list): decode processes' start-up, and model loading.
+# Steps "start", "load" and "early" (not in the default list): decode processes' start-up, model loading, and a
+# command-line run with decoding started during the model load against after it (run "load" first: its weights).
 set -u
 OUT_DIR=${1:-bench/out/gpu}
 LOG_DIR=$(mktemp -d)
@@ -72,5 +73,8 @@ fi
 # against plain spawn (15 processes, the one-second clips of gpu_corpus); model loads onto the GPU, open_clip's against vfeat's
 step start && run decoder_start 60 bench/decoder_start.py --workers 15 --rounds 2 --clips gpu_corpus/full/tiny --out-json "$OUT_DIR/decoder_start.json"
 step load && run model_load 150 bench/model_load.py --models ViT-B-32,ViT-L-14 --device cuda --rounds 2 --out-json "$OUT_DIR/model_load.json"
+# a command-line run from its first instant, decoding during the model load or after it (weights saved by "load")
+step early && run cold_start 200 bench/cold_start.py --models ViT-B-32,ViT-L-14 --device cuda --rounds 2 \
+    --inputs gpu_corpus/full/short gpu_corpus/full/long --out-json "$OUT_DIR/cold_start.json"
 step small && run gpu_small 80 bench/extract.py $CORPUS --device cuda --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"
 exit 0
