@@ -714,6 +714,20 @@ def test_decoding_starts_before_the_model_loads_and_stores_the_same(tmp_path, cl
     _same_store(tmp_path / "early.zarr", tmp_path / "late.zarr")
 
 
+def test_waiting_for_the_model_to_load_is_not_counted_as_waiting_for_it_to_take_frames(tmp_path, clips, tiny_model,
+                                                                                         monkeypatch):
+    """Started before a 2-second load, the decode process fills its frame budget and waits for the load: that
+    is not the model holding decoding back (``decoders_held_s``), and the model finds its frames ready."""
+    from vfeat import extractor
+
+    load_model = extractor.load_model
+    monkeypatch.setattr(extractor, "load_model", lambda *args, **kwargs: time.sleep(2.0) or load_model(*args, **kwargs))
+    summary = vfeat.extract([str(c) for c in clips], str(tmp_path / "s.zarr"),
+                            **dict(tiny_model.extract_kwargs(), fps=25.0, workers=1))  # 225 frames: more than its budget
+    assert summary.frames == 225 and summary.timings["model_load_s"] > 2.0
+    assert summary.timings["decoders_held_s"] < 0.5 and summary.timings["decode_wait_s"] < 0.5, summary.timings
+
+
 def test_a_wrong_guess_of_the_input_size_starts_decoding_again_at_the_models(tmp_path, clips, tiny_model, monkeypatch):
     from vfeat import extractor
 

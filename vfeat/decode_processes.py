@@ -100,6 +100,7 @@ class DecodeProcesses:
         self.ring = FrameRing.create(len(decoders), self.credits, frame_shape)
         self.seats = [_Seat(hwaccel) for hwaccel in decoders]
         self.stopped = False
+        self.reading = False  # messages() has begun: the model process takes frames
         try:
             for number in range(len(self.seats)):
                 self._start(number)
@@ -121,12 +122,28 @@ class DecodeProcesses:
         seat.took, seat.said_exit, seat.owed = None, False, 0
         seat.process.start()
         theirs.close()  # the process holds the only other end now: its death ends the connection
+        if self.reading:  # a process replacing one that died
+            self._say_reading(seat)
+
+    @staticmethod
+    def _say_reading(seat: _Seat) -> None:
+        """Tell a process that this one reads its frames from now on (:class:`~vfeat.workers.FrameCredits`:
+        no credit, the first thing it receives), so that it does not count waiting for the model to load
+        as waiting for the model to take frames."""
+        try:
+            seat.conn.send(0)
+        except (BrokenPipeError, ConnectionResetError):  # it has just died: its end of the connection comes next
+            pass
 
     def messages(self, stats: RunStats) -> Iterator[tuple]:
         """The decode messages of every process as they come (frames copied out of the ring), until every
         process has ended; ``stats.decode_wait_s`` adds up the time spent waiting for them, and at the end
         ``stats.decoders_held_s`` is the time a decode process waited for this one to take its frames (the
         mean over the processes): which of the two waited says whether decoding or the model bounds the run."""
+        self.reading = True
+        for seat in self.seats:
+            if seat.conn is not None:
+                self._say_reading(seat)
         for job in self.handout.too_long:
             self.ended.add(job)
             yield ("error", job, f"{self.paths[job]}: its path is longer than {MAX_PATH_BYTES} bytes, more than vfeat can "

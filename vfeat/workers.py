@@ -77,13 +77,19 @@ class FrameCredits:
     def __init__(self, conn: Any, frames: int) -> None:
         self.conn, self.left = conn, frames
         self.waited_s = 0.0  # held back by the model process: a model-bound run, not a decode-bound one
+        self.model_reading = False
 
     def acquire(self) -> None:
-        if self.left == 0:
+        """Take a credit, waiting for the model process to give some back if none is left. The first thing
+        it sends is no credit at all but word that it reads frames now (before, it was loading its model):
+        waits until then are not the model holding decoding back, and are not counted."""
+        while self.left == 0:
             started = time.perf_counter()
-            while self.left == 0:
-                self.left += self.conn.recv()
-            self.waited_s += time.perf_counter() - started
+            credits = self.conn.recv()
+            if self.model_reading:
+                self.waited_s += time.perf_counter() - started
+            self.model_reading = True
+            self.left += credits
         self.left -= 1
 
 
