@@ -714,6 +714,30 @@ def test_decoding_starts_before_the_model_loads_and_stores_the_same(tmp_path, cl
     _same_store(tmp_path / "early.zarr", tmp_path / "late.zarr")
 
 
+def test_with_a_loaded_model_decoding_starts_before_the_store_is_opened(tmp_path, clips, tiny_model, monkeypatch):
+    """A caller that passes its loaded model (a benchmark, a pipeline calling extract again and again): the
+    decode processes start before the store is opened and set up, and the run's seconds include them."""
+    import multiprocessing
+
+    from vfeat import extractor
+    from vfeat.models.factory import load_model
+
+    running_at_open: list[int] = []
+    writer = extractor.ShardWriter
+
+    def watched(*args, **kwargs):
+        running_at_open.append(len(multiprocessing.active_children()))
+        return writer(*args, **kwargs)
+
+    monkeypatch.setattr(extractor, "ShardWriter", watched)
+    kwargs = tiny_model.extract_kwargs()
+    encoder = load_model(kwargs["model"], kwargs["pretrained"], config=kwargs["model_config"])
+    started = time.perf_counter()
+    summary = vfeat.extract([str(c) for c in clips], str(tmp_path / "s.zarr"), encoder=encoder, fps=10.0, workers=2)
+    assert running_at_open == [2] and summary.videos_ok == len(clips)
+    assert summary.seconds > 0.9 * (time.perf_counter() - started)  # nothing before the clock but listing the inputs
+
+
 def test_waiting_for_the_model_to_load_is_not_counted_as_waiting_for_it_to_take_frames(tmp_path, clips, tiny_model,
                                                                                          monkeypatch):
     """Started before a 2-second load, the decode process fills its frame budget and waits for the load: that

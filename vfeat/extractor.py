@@ -37,6 +37,8 @@ class ExtractSummary:
     videos_ok: int
     videos_failed: int
     frames: int
+    #: Wall time of the run once its model was loaded (decoding starts during the load: see
+    #: :class:`_EarlyDecoding`); all of it when the caller passed a loaded model.
     seconds: float
     failures: list[Failure] = field(default_factory=list)
     #: Total duration of the videos stored by this run: ``video_seconds / seconds`` is the speed against real time.
@@ -176,22 +178,26 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     once the shard exists, before any video is committed in it (default: :func:`vfeat.shards.list_shard`).
 
     Loading the model takes seconds (imports, weights, a GPU's start); the decode processes start first and
-    decode meanwhile (:class:`_EarlyDecoding`). Settings are still checked, and the store opened, only once
-    the model is loaded, as before."""
+    decode meanwhile, and while the store is opened (:class:`_EarlyDecoding`). Settings are still checked,
+    and the store opened, only once the model is loaded, as before."""
     load_started = time.perf_counter()
     shard = shard_for(out, store_format, rank)
+    loaded = encoder is not None
+    if loaded:
+        check_plan(encoder, plan)  # before any decode process starts
     with contextlib.ExitStack() as decoding:
-        early = None
+        early = _EarlyDecoding.start(sources, out, shard, encoder, model, pretrained, model_config, plan, device,
+                                     batch_size, workers, hwaccel, hwaccel_workers)
+        if early is not None:
+            decoding.enter_context(early.processes)  # stopped if anything below fails before run takes them
         if encoder is None:
-            early = _EarlyDecoding.start(sources, out, shard, model, pretrained, model_config, plan, device, batch_size,
-                                         workers, hwaccel, hwaccel_workers)
-            if early is not None:
-                decoding.enter_context(early.processes)  # stopped if anything below fails before run takes them
             encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
             encoder.drop_text_tower()
-        check_plan(encoder, plan)
+            check_plan(encoder, plan)
         model_load_s = time.perf_counter() - load_started
-        started = time.perf_counter()
+        # the run's seconds: after the model load, which decoding may have overlapped; from the start when the
+        # caller loaded the model, so that they hold all of the decoding
+        started = load_started if loaded else time.perf_counter()
         attrs = store_attrs(encoder, plan, dtype)
         elsewhere = committed_elsewhere(out, shard, attrs)  # refuses other settings before this shard exists
         with ShardWriter(shard, attrs) as writer:
@@ -229,36 +235,43 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
 
 @dataclass
 class _EarlyDecoding:
-    """Decode processes started before the model is loaded, on guesses made without it: the input size
-    from the model's configuration (:func:`~vfeat.models.factory.input_guess`) and the videos the store
-    does not hold yet (:func:`~vfeat.shards.stored_ids`). They decode up to their frame budget while the
-    model loads; once it has, :meth:`fits` checks both guesses, and a run whose guess was wrong (rare)
-    starts its decoding again. ``VFEAT_EARLY_DECODE=0`` turns this off (to measure what it buys)."""
+    """Decode processes started before the model is loaded and the store opened, on guesses made without
+    them: the videos the store does not hold yet (:func:`~vfeat.shards.stored_ids`) and, for a model not
+    loaded yet, its input size read from its configuration (:func:`~vfeat.models.factory.input_guess`).
+    They decode up to their frame budget meanwhile; once the model is loaded and the store opened,
+    :meth:`fits` checks the guesses, and a run whose guess was wrong (rare) starts its decoding again.
+    ``VFEAT_EARLY_DECODE=0`` turns this off (to measure what it buys)."""
 
     processes: DecodeProcesses
     video_ids: list[str]
     resize: Resize
+    one_clip: bool
 
     @classmethod
-    def start(cls, sources: list[VideoSource], out: str, shard: str, model: str, pretrained: str | None,
-              model_config: str | None, plan: SamplingPlan, device: str, batch_size: int, workers: int | None,
-              hwaccel: str | None, hwaccel_workers: int | None) -> _EarlyDecoding | None:
+    def start(cls, sources: list[VideoSource], out: str, shard: str, encoder: VideoEncoder | None, model: str,
+              pretrained: str | None, model_config: str | None, plan: SamplingPlan, device: str, batch_size: int,
+              workers: int | None, hwaccel: str | None, hwaccel_workers: int | None) -> _EarlyDecoding | None:
         if os.environ.get("VFEAT_EARLY_DECODE", "1") == "0" or workers == 0:
             return None
-        guess = input_guess(model, pretrained, model_config)  # CLIP models only: frames, not clips
-        done = stored_ids(out, shard) if guess is not None else None
+        if encoder is not None:
+            resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
+        else:
+            guess = input_guess(model, pretrained, model_config)  # CLIP models only: frames, not clips
+            if guess is None:
+                return None
+            resize, one_clip = resize_to(*guess), False
+        done = stored_ids(out, shard)
         if done is None:
             return None
         todo = [s for s in sources if s.video_id not in done]
         if not todo:
             return None
-        resize = resize_to(*guess)
-        processes = start_decoding(todo, plan, resize, False, resolve_device(device), batch_size, workers, hwaccel,
-                                   hwaccel_workers)
-        return None if processes is None else cls(processes, [s.video_id for s in todo], resize)
+        processes = start_decoding(todo, plan, resize, one_clip, encoder.device if encoder is not None else resolve_device(device),
+                                   batch_size, workers, hwaccel, hwaccel_workers)
+        return None if processes is None else cls(processes, [s.video_id for s in todo], resize, one_clip)
 
     def fits(self, encoder: VideoEncoder, plan: SamplingPlan, todo: list[VideoSource]) -> bool:
         """Whether these processes decode what the run needs: its videos in its order, at its model's size,
-        one row per sampled frame."""
-        return (decode_resize(encoder) == self.resize and not one_clip_per_video(encoder, plan)
+        sampled as its model takes them."""
+        return (decode_resize(encoder) == self.resize and one_clip_per_video(encoder, plan) == self.one_clip
                 and [s.video_id for s in todo] == self.video_ids)
