@@ -757,7 +757,7 @@ def test_a_wrong_guess_of_the_input_size_starts_decoding_again_at_the_models(tmp
 
     kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, batch_size=7, workers=1)
     vfeat.extract([str(c) for c in clips], str(tmp_path / "right.zarr"), **kwargs)
-    assert extractor.input_guess(tiny_model.name, tiny_model.state_dict, tiny_model.config) == (32, "bicubic")
+    assert extractor.input_guess(tiny_model.name, tiny_model.config) == (32, "bicubic")
     monkeypatch.setattr(extractor, "input_guess", lambda *args: (48, "bicubic"))
     starts = _counting_decode_starts(monkeypatch)
     vfeat.extract([str(c) for c in clips], str(tmp_path / "wrong.zarr"), **kwargs)
@@ -802,7 +802,7 @@ def test_the_input_size_guessed_from_the_configuration_is_the_loaded_models():
     from vfeat.models.factory import input_guess, load_model
 
     encoder = load_model("ViT-B/32", "none")
-    assert input_guess("ViT-B/32", "none") == (encoder.preprocess.image_size, encoder.preprocess.interpolation) == (224, "bicubic")
+    assert input_guess("ViT-B/32") == (encoder.preprocess.image_size, encoder.preprocess.interpolation) == (224, "bicubic")
     assert input_guess("ViT-L/14@336px") == (336, "bicubic") and input_guess("RN50x4") == (288, "bicubic")
     assert input_guess("clip-vip-b32") is None  # a clip model: its decoding starts once it is loaded
 

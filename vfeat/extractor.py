@@ -186,8 +186,8 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
     if loaded:
         check_plan(encoder, plan)  # before any decode process starts
     with contextlib.ExitStack() as decoding:
-        early = _EarlyDecoding.start(sources, out, shard, encoder, model, pretrained, model_config, plan, device,
-                                     batch_size, workers, hwaccel, hwaccel_workers)
+        early = _EarlyDecoding.start(sources, out, shard, encoder, model, model_config, plan, device, batch_size, workers,
+                                     hwaccel, hwaccel_workers)
         if early is not None:
             decoding.enter_context(early.processes)  # stopped if anything below fails before run takes them
         if encoder is None:
@@ -249,14 +249,14 @@ class _EarlyDecoding:
 
     @classmethod
     def start(cls, sources: list[VideoSource], out: str, shard: str, encoder: VideoEncoder | None, model: str,
-              pretrained: str | None, model_config: str | None, plan: SamplingPlan, device: str, batch_size: int,
-              workers: int | None, hwaccel: str | None, hwaccel_workers: int | None) -> _EarlyDecoding | None:
+              model_config: str | None, plan: SamplingPlan, device: str, batch_size: int, workers: int | None,
+              hwaccel: str | None, hwaccel_workers: int | None) -> _EarlyDecoding | None:
         if os.environ.get("VFEAT_EARLY_DECODE", "1") == "0" or workers == 0:
             return None
         if encoder is not None:
             resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
         else:
-            guess = input_guess(model, pretrained, model_config)  # CLIP models only: frames, not clips
+            guess = input_guess(model, model_config)  # CLIP models only: frames, not clips
             if guess is None:
                 return None
             resize, one_clip = resize_to(*guess), False
@@ -266,8 +266,8 @@ class _EarlyDecoding:
         todo = [s for s in sources if s.video_id not in done]
         if not todo:
             return None
-        processes = start_decoding(todo, plan, resize, one_clip, encoder.device if encoder is not None else resolve_device(device),
-                                   batch_size, workers, hwaccel, hwaccel_workers)
+        where = encoder.device if encoder is not None else resolve_device(device)
+        processes = start_decoding(todo, plan, resize, one_clip, where, batch_size, workers, hwaccel, hwaccel_workers)
         return None if processes is None else cls(processes, [s.video_id for s in todo], resize, one_clip)
 
     def fits(self, encoder: VideoEncoder, plan: SamplingPlan, todo: list[VideoSource]) -> bool:

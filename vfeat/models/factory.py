@@ -66,7 +66,7 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
     return encoder
 
 
-def input_guess(name: str, pretrained: str | None = None, config: str | None = None) -> tuple[int, str] | None:
+def input_guess(name: str, config: str | None = None) -> tuple[int, str] | None:
     """``(image_size, interpolation)`` of the frames the model ``name`` will take, guessed from its
     configuration before it is loaded (no weights, no open_clip import), so that decoding can start
     meanwhile; ``None`` where only loading tells (the video families, whose decoding also depends on the
