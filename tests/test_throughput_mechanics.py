@@ -680,6 +680,21 @@ def _counting_decode_starts(monkeypatch) -> list[int]:
     return starts
 
 
+def _processes_running_when_called(monkeypatch, module, name: str) -> list[int]:
+    """How many child processes run each time ``module.name`` is called."""
+    import multiprocessing
+
+    called = getattr(module, name)
+    running: list[int] = []
+
+    def watched(*args, **kwargs):
+        running.append(len(multiprocessing.active_children()))
+        return called(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, watched)
+    return running
+
+
 def _same_store(a: Path, b: Path) -> None:
     with vfeat.open_store(str(a)) as one, vfeat.open_store(str(b)) as two:
         assert sorted(one.ids) == sorted(two.ids)
@@ -691,18 +706,9 @@ def _same_store(a: Path, b: Path) -> None:
 def test_decoding_starts_before_the_model_loads_and_stores_the_same(tmp_path, clips, tiny_model, monkeypatch):
     """The decode processes are running when the model starts loading; the store is the one a run that
     starts them after the load writes (VFEAT_EARLY_DECODE=0), bit for bit."""
-    import multiprocessing
-
     from vfeat import extractor
 
-    running_at_load: list[int] = []
-    load_model = extractor.load_model
-
-    def watched(*args, **kwargs):
-        running_at_load.append(len(multiprocessing.active_children()))
-        return load_model(*args, **kwargs)
-
-    monkeypatch.setattr(extractor, "load_model", watched)
+    running_at_load = _processes_running_when_called(monkeypatch, extractor, "load_model")
     starts = _counting_decode_starts(monkeypatch)
     kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, batch_size=7)
     vfeat.extract([str(c) for c in clips], str(tmp_path / "two.zarr"), workers=2, **kwargs)
@@ -717,19 +723,10 @@ def test_decoding_starts_before_the_model_loads_and_stores_the_same(tmp_path, cl
 def test_with_a_loaded_model_decoding_starts_before_the_store_is_opened(tmp_path, clips, tiny_model, monkeypatch):
     """A caller that passes its loaded model (a benchmark, a pipeline calling extract again and again): the
     decode processes start before the store is opened and set up, and the run's seconds include them."""
-    import multiprocessing
-
     from vfeat import extractor
     from vfeat.models.factory import load_model
 
-    running_at_open: list[int] = []
-    writer = extractor.ShardWriter
-
-    def watched(*args, **kwargs):
-        running_at_open.append(len(multiprocessing.active_children()))
-        return writer(*args, **kwargs)
-
-    monkeypatch.setattr(extractor, "ShardWriter", watched)
+    running_at_open = _processes_running_when_called(monkeypatch, extractor, "ShardWriter")
     kwargs = tiny_model.extract_kwargs()
     encoder = load_model(kwargs["model"], kwargs["pretrained"], config=kwargs["model_config"])
     started = time.perf_counter()
