@@ -43,6 +43,7 @@ from vfeat import decode_processes, frame_ring
 from vfeat.frame_ring import FrameRing
 from vfeat.decode_processes import decode_in_processes
 from vfeat import pipeline
+from vfeat.models import factory
 from vfeat.pipeline import Batcher, RunStats, _Video, encode_videos
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
@@ -754,8 +755,8 @@ def test_a_wrong_guess_of_the_input_size_starts_decoding_again_at_the_models(tmp
 
     kwargs = dict(tiny_model.extract_kwargs(), fps=10.0, batch_size=7, workers=1)
     vfeat.extract([str(c) for c in clips], str(tmp_path / "right.zarr"), **kwargs)
-    assert extractor.input_guess(tiny_model.name, tiny_model.config) == (32, "bicubic")
-    monkeypatch.setattr(extractor, "input_guess", lambda *args: (48, "bicubic"))
+    assert extractor.input_guess(tiny_model.name, tiny_model.config) == (32, "bicubic", True)
+    monkeypatch.setattr(extractor, "input_guess", lambda *args: factory.InputGuess(48, "bicubic", True))
     starts = _counting_decode_starts(monkeypatch)
     vfeat.extract([str(c) for c in clips], str(tmp_path / "wrong.zarr"), **kwargs)
     assert starts == [1, 1]  # before the load at 48 px, then again at the model's 32
@@ -780,6 +781,27 @@ def test_a_resumed_run_decodes_early_only_the_videos_the_store_lacks(tmp_path, c
     _same_store(store, tmp_path / "whole.zarr")
 
 
+def test_a_clip_model_decodes_its_clips_while_it_loads_and_stores_the_same(tmp_path, clips, fixtures_dir, monkeypatch):
+    """CLIP-ViP: its input size comes from its configuration, its clips from the sampling; the store is
+    the one a run that decodes after the load writes."""
+    from vfeat import extractor
+
+    config = str(fixtures_dir / "clip_vip_ext" / "config.json")
+    checkpoint = tmp_path / "clipvip.pt"
+    torch.save(vfeat.load_model("clip-vip-b32", "none", config=config).state_dict(), checkpoint)
+    running_at_load = _processes_running_when_called(monkeypatch, extractor, "load_model")
+    kwargs = dict(model="clip-vip-b32", pretrained=str(checkpoint), model_config=config, num_frames=4, workers=1)
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "early.zarr"), **kwargs)
+    monkeypatch.setenv("VFEAT_EARLY_DECODE", "0")
+    vfeat.extract([str(c) for c in clips], str(tmp_path / "late.zarr"), **kwargs)
+    assert running_at_load == [1, 0]
+    with vfeat.open_store(str(tmp_path / "early.zarr")) as early, vfeat.open_store(str(tmp_path / "late.zarr")) as late:
+        assert sorted(early.ids) == sorted(late.ids) and len(early.ids) == len(clips)
+        for vid in early.ids:
+            for x, y in zip(early.clips(vid), late.clips(vid)):
+                np.testing.assert_array_equal(x, y)
+
+
 def test_a_model_that_fails_to_load_stops_the_early_decoding_and_writes_nothing(tmp_path, clips, tiny_model, monkeypatch):
     import multiprocessing
 
@@ -799,9 +821,10 @@ def test_the_input_size_guessed_from_the_configuration_is_the_loaded_models():
     from vfeat.models.factory import input_guess, load_model
 
     encoder = load_model("ViT-B/32", "none")
-    assert input_guess("ViT-B/32") == (encoder.preprocess.image_size, encoder.preprocess.interpolation) == (224, "bicubic")
-    assert input_guess("ViT-L/14@336px") == (336, "bicubic") and input_guess("RN50x4") == (288, "bicubic")
-    assert input_guess("clip-vip-b32") is None  # a clip model: its decoding starts once it is loaded
+    assert input_guess("ViT-B/32") == (encoder.preprocess.image_size, encoder.preprocess.interpolation, True) == (224, "bicubic", True)
+    assert input_guess("ViT-L/14@336px") == (336, "bicubic", True) and input_guess("RN50x4") == (288, "bicubic", True)
+    assert input_guess("clip-vip-b16") == (224, "bicubic", False)  # from the registry's architecture
+    assert input_guess("open-vclip-b16") is None  # its architecture comes from its weights
 
 
 def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):

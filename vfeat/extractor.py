@@ -256,10 +256,11 @@ class _EarlyDecoding:
         if encoder is not None:
             resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
         else:
-            guess = input_guess(model, model_config)  # CLIP models only: frames, not clips
-            if guess is None:
-                return None
-            resize, one_clip = resize_to(*guess), False
+            guess = input_guess(model, model_config)
+            if guess is None or (not guess.frame_level and plan.mode in ("fps", "all")):
+                return None  # not guessed, or a plan the clip model will refuse once loaded (check_plan)
+            resize = resize_to(guess.image_size, guess.interpolation)
+            one_clip = not guess.frame_level and plan.mode != "clips"  # as one_clip_per_video
         done = stored_ids(out, shard)
         if done is None:
             return None

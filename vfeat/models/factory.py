@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -66,19 +66,37 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
     return encoder
 
 
-def input_guess(name: str, config: str | None = None) -> tuple[int, str] | None:
-    """``(image_size, interpolation)`` of the frames the model ``name`` will take, guessed from its
-    configuration before it is loaded (no weights, no open_clip import), so that decoding can start
-    meanwhile; ``None`` where only loading tells (the video families, whose decoding also depends on the
-    sampling). A guess: the loaded model's :attr:`~VideoEncoder.preprocess` decides, and a run whose guess
-    was wrong starts its decoding again. Interpolation: bicubic, that of every OpenAI and nearly every
-    open_clip checkpoint."""
-    if get_spec(name) is not None or name.startswith(("hf-hub:", "local-dir:")):
+class InputGuess(NamedTuple):
+    """What a model will take, guessed before it is loaded (:func:`input_guess`)."""
+
+    image_size: int
+    interpolation: str
+    frame_level: bool  # frames encoded one by one (CLIP), not whole clips
+
+
+def input_guess(name: str, config: str | None = None) -> InputGuess | None:
+    """The frames the model ``name`` will take, guessed from its configuration before it is loaded (no
+    weights, no open_clip import), so that decoding can start meanwhile; ``None`` where only loading tells
+    (Open-VCLIP's architecture comes from its weights). A guess: the loaded model's
+    :attr:`~VideoEncoder.preprocess` decides, and a run whose guess was wrong starts its decoding again.
+    Interpolation: bicubic, that of every OpenAI, CLIP-ViP and nearly every open_clip checkpoint."""
+    spec = get_spec(name)
+    if spec is not None:
+        if spec["family"] != "clip_vip":
+            return None
+        from vfeat.models import clip_vip
+
+        try:
+            size = clip_vip.resolve_config(spec.get("architecture"), config).vision.image_size
+        except Exception:  # noqa: BLE001 - a guess: the load says what is wrong with the configuration
+            return None
+        return InputGuess(size, "bicubic", frame_level=False)
+    if name.startswith(("hf-hub:", "local-dir:")):
         return None
     from vfeat.models import clip
 
     size = clip.input_size_guess(name, config)
-    return None if size is None else (size, "bicubic")
+    return None if size is None else InputGuess(size, "bicubic", frame_level=True)
 
 
 def _build(name: str, pretrained: str | None, config: str | None, options: dict[str, Any]) -> VideoEncoder:
