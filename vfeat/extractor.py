@@ -18,7 +18,8 @@ from vfeat.decode_processes import DecodeProcesses
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.models.factory import input_guess, load_model, resolve_device
-from vfeat.pipeline import RunStats, check_plan, decode_resize, one_clip_per_video, resize_to, run, start_decoding
+from vfeat.pipeline import (RunStats, check_plan, decode_resize, one_clip_of, one_clip_per_video, resize_to, run, start_decoding,
+                            takes_plan)
 from vfeat.sampling import SamplingPlan
 from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
@@ -257,10 +258,9 @@ class _EarlyDecoding:
             resize, one_clip = decode_resize(encoder), one_clip_per_video(encoder, plan)
         else:
             guess = input_guess(model, model_config)
-            if guess is None or (not guess.frame_level and plan.mode in ("fps", "all")):
-                return None  # not guessed, or a plan the clip model will refuse once loaded (check_plan)
-            resize = resize_to(guess.image_size, guess.interpolation)
-            one_clip = not guess.frame_level and plan.mode != "clips"  # as one_clip_per_video
+            if guess is None or not takes_plan(guess.frame_level, plan):
+                return None  # not guessed, or a plan the model will refuse once loaded (check_plan)
+            resize, one_clip = resize_to(guess.image_size, guess.interpolation), one_clip_of(guess.frame_level, plan)
         done = stored_ids(out, shard)
         if done is None:
             return None

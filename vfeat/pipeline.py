@@ -277,10 +277,15 @@ def _push_ready_clips(video: _Video, batch: Batcher) -> None:
 
 def check_plan(encoder: VideoEncoder, plan: SamplingPlan) -> None:
     """Refuse, before any work, a plan the model cannot encode: clip models need clips, not single frames."""
-    if not encoder.frame_level and plan.mode in ("fps", "all"):
+    if not takes_plan(encoder.frame_level, plan):
         raise InputError(
             f"{encoder.identity.name} encodes whole clips: use --num-frames N (one clip per video) or --clips V --clip-len T --stride S."
         )
+
+
+def takes_plan(frame_level: bool, plan: SamplingPlan) -> bool:
+    """Whether a model that encodes frames (``frame_level``) or whole clips can encode ``plan``'s samples."""
+    return frame_level or plan.mode not in ("fps", "all")
 
 
 def decode_resize(encoder: VideoEncoder) -> Resize:
@@ -294,7 +299,12 @@ def resize_to(image_size: int, interpolation: str) -> Resize:
 
 def one_clip_per_video(encoder: VideoEncoder, plan: SamplingPlan) -> bool:
     """A clip model sampling N frames per video (not ``--clips``) encodes them as the video's one clip."""
-    return not encoder.frame_level and plan.mode != "clips"
+    return one_clip_of(encoder.frame_level, plan)
+
+
+def one_clip_of(frame_level: bool, plan: SamplingPlan) -> bool:
+    """:func:`one_clip_per_video` for a model known only by whether it encodes frames (not loaded yet)."""
+    return not frame_level and plan.mode != "clips"
 
 
 def _swscale_name(interpolation: str) -> str:
