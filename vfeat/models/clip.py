@@ -17,6 +17,7 @@ import torch
 
 from vfeat.errors import ModelError
 from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
+from vfeat.models.class_token import class_token_only, image_embedding
 from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
 from vfeat.models.weights import (drop_archive_extras, interpolate_state_dicts, load_strict, no_random_init, read_state_dict,
                                   sha256_file, strip_prefix)
@@ -34,8 +35,11 @@ class ClipEncoder(VideoEncoder):
         self.preprocess = preprocess
         self.identity = identity
         self.embed_dim = int(getattr(model.visual, "output_dim", 0) or _probe_dim(model, preprocess))
+        self.class_token_only = class_token_only(model.visual)
 
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.class_token_only:  # the same embeddings as encode_image, with less of the last block
+            return image_embedding(self.model.visual, pixels)
         return self.model.encode_image(pixels)
 
     def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
