@@ -106,3 +106,48 @@ def test_the_encoder_runs_one_token_through_the_last_mlp(tiny_model):
     assert tokens_seen == [patches + 1] * (len(blocks) - 1) + [1]
     with torch.inference_mode():
         torch.testing.assert_close(ours, encoder.model.encode_image(pixels), rtol=1e-5, atol=1e-5)
+
+
+def _tokens_through_each_mlp(blocks, run) -> list[int]:
+    seen: list[int] = []
+    hooks = [block.mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1])) for block in blocks]
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_video_families_run_one_token_through_their_last_mlp(monkeypatch):
+    """CLIP-ViP and Open-VCLIP on the parity fixtures (whose embeddings the parity tests check against the
+    official code on both paths): one token in the last block, the same clips as with every token, and
+    ``VFEAT_CLASS_TOKEN_ONLY=0`` builds encoders that keep every token."""
+    from vfeat.models import clip_vip, open_vclip
+    from parity_helpers import fixture_dir, spec_for
+
+    vip_folder, vclip_folder = fixture_dir("clip_vip_ext"), fixture_dir("open_vclip")
+    builders = {
+        "clip-vip": lambda: clip_vip.build(spec_for("clip-vip-b32"), str(vip_folder / "checkpoint.pt"),
+                                           config_path=str(vip_folder / "config.json")),
+        "open-vclip": lambda: open_vclip.build(spec_for("open-vclip-b16"), str(vclip_folder / "checkpoint.pt"),
+                                               config_path=str(vclip_folder / "config.json")),
+    }
+    for family, build in builders.items():
+        encoder = build()
+        blocks = (encoder.clipmodel.vision_model.encoder.layers if family == "clip-vip"
+                  else encoder.model.visual.transformer.resblocks)
+        pixels = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+        short = _tokens_through_each_mlp(blocks, lambda: encoder.encode_video(pixels))
+        tokens = short[0]
+        assert tokens > 1 and short == [tokens] * (len(blocks) - 1) + [1], (family, short)
+        with torch.inference_mode():
+            ours = encoder.encode_video(pixels).clips
+        encoder.class_token_only = False
+        assert _tokens_through_each_mlp(blocks, lambda: encoder.encode_video(pixels)) == [tokens] * len(blocks)
+        with torch.inference_mode():
+            torch.testing.assert_close(ours, encoder.encode_video(pixels).clips, rtol=1e-5, atol=1e-5)
+        monkeypatch.setenv("VFEAT_CLASS_TOKEN_ONLY", "0")
+        assert not build().class_token_only, family
+        monkeypatch.delenv("VFEAT_CLASS_TOKEN_ONLY")

@@ -64,12 +64,17 @@ def test_parity_for_every_patching_ratio(data, ratio):
     visual.ln_pre.register_forward_hook(lambda m, i, out: captured.__setitem__("ln_pre", out))
     for index, block in enumerate(visual.transformer.resblocks):
         block.register_forward_hook(lambda m, i, out, index=index: captured.__setitem__(f"block{index}", out))
+    clips = inputs["frames"].reshape(2, 4, 3, 32, 32)  # 2 clips x T 4, clip-major
+    assert encoder.class_token_only  # the default: the last block for the class token only
     with torch.no_grad():
-        video = encoder.encode_video(inputs["frames"].reshape(2, 4, 3, 32, 32))  # 2 clips x T 4, clip-major
+        video = encoder.encode_video(clips)
         text = encoder.encode_text_tokens(inputs["input_ids"])
         per_template = [normalize(encoder.encode_text(ids)) for ids in inputs["prompt_ids"]]
+        encoder.class_token_only = False  # every token through every block, for the block outputs below
+        every_token = encoder.encode_video(clips).frames.reshape(8, -1)
     frames = video.frames.reshape(8, -1)
     assert max_err(frames, expected["frame_embeds" + key]) < TOL
+    assert max_err(every_token, expected["frame_embeds" + key]) < TOL
     assert max_err(normalize(frames), expected["frame_embeds_normalized" + key]) < TOL
     assert max_err(video.clips, video.frames.mean(dim=1)) == 0.0
     assert max_err(text, expected["text_embeds" + key]) < TOL

@@ -86,8 +86,10 @@ class HFAttention(nn.Module):
         self.q_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, core: AttentionCore) -> torch.Tensor:
-        q = split_heads(self.q_proj(x) * self.scale, self.heads)  # HF scales before splitting heads
+    def forward(self, x: torch.Tensor, core: AttentionCore, queries: int | None = None) -> torch.Tensor:
+        """``queries``: attend from the first ``queries`` tokens only (every token is still a key and a value)."""
+        q_x = x if queries is None else x[:, :queries]
+        q = split_heads(self.q_proj(q_x) * self.scale, self.heads)  # HF scales before splitting heads
         k = split_heads(self.k_proj(x), self.heads)
         v = split_heads(self.v_proj(x), self.heads)
         return self.out_proj(merge_heads(core(q, k, v)))
@@ -115,9 +117,11 @@ class HFEncoderLayer(nn.Module):
         self.mlp = HFMLP(width, mlp_width, act)
         self.layer_norm2 = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, core: AttentionCore) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), core)
-        return x + self.mlp(self.layer_norm2(x))
+    def forward(self, x: torch.Tensor, core: AttentionCore, queries: int | None = None) -> torch.Tensor:
+        """``queries``: the output of the first ``queries`` tokens only (a pooled embedding needs no more)."""
+        kept = x if queries is None else x[:, :queries]
+        kept = kept + self.self_attn(self.layer_norm1(x), core, queries)
+        return kept + self.mlp(self.layer_norm2(kept))
 
 
 class HFTextTransformer(nn.Module):
@@ -171,8 +175,14 @@ class PackedAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, core: AttentionCore) -> torch.Tensor:
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, core: AttentionCore, queries: int | None = None) -> torch.Tensor:
+        """``queries``: attend from the first ``queries`` tokens only (every token is still a key and a value)."""
+        if queries is None:
+            q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:  # the packed rows are [q; k; v]
+            width = x.shape[-1]
+            q = F.linear(x[:, :queries], self.in_proj_weight[:width], self.in_proj_bias[:width])
+            k, v = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:]).chunk(2, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
         q = q / math.sqrt(q.shape[-1])
         return self.out_proj(merge_heads(core(q, k, v)))
@@ -198,9 +208,11 @@ class ResidualAttentionBlock(nn.Module):
         )
         self.ln_2 = LayerNormFP32(width)
 
-    def forward(self, x: torch.Tensor, core: AttentionCore) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), core)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, core: AttentionCore, queries: int | None = None) -> torch.Tensor:
+        """``queries``: the output of the first ``queries`` tokens only (a pooled embedding needs no more)."""
+        kept = x if queries is None else x[:, :queries]
+        kept = kept + self.attn(self.ln_1(x), core, queries)
+        return kept + self.mlp(self.ln_2(kept))
 
 
 class Transformer(nn.Module):
@@ -210,10 +222,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, core: AttentionCore) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, core: AttentionCore, last_queries: int | None = None) -> torch.Tensor:
+        """``last_queries``: the last block computes the first ``last_queries`` tokens only."""
+        *first, last = self.resblocks
+        for block in first:
             x = block(x, core)
-        return x
+        return last(x, core, last_queries)
 
 
 # --- loading helpers both families share ---------------------------------------------------------------------

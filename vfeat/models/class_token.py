@@ -1,15 +1,16 @@
-"""A class-token ViT's image embedding needs its last block for one token only.
+"""A ViT's pooled embedding needs its last block for the class token only.
 
-The embedding open_clip returns for a ``pool_type="tok"`` ViT (every OpenAI and LAION CLIP ViT) is the class
-token after the last block; the block's output for every other token is computed and thrown away. So the
-last block here attends from the class token alone (keys and values still come from every token) and runs
-its MLP on that one token. That saves most of one block in ``layers``: about 1/12 of ViT-B's work (50 tokens
-at /32, 197 at /16), 1/24 of ViT-L's. The result equals ``encode_image`` up to float summation order (a few
+The embedding of a class-token ViT (every OpenAI and LAION CLIP ViT, and the vision towers of CLIP-ViP and
+Open-VCLIP) is the class token after the last block; that block's output for every other token is computed
+and thrown away. So the last block attends from the class token alone (keys and values still come from
+every token) and runs its MLP on that one token. That saves most of one block in ``layers``: about 1/12 of
+ViT-B's work, 1/24 of ViT-L's. The embedding equals the full forward's up to float summation order (a few
 1e-7 relative in fp32).
 
-Only open_clip's stock ``VisionTransformer`` with stock blocks qualifies; anything else (average or
-attentional pooling, custom blocks, token outputs) keeps the full forward. ``VFEAT_CLASS_TOKEN_ONLY=0``
-turns it off, for comparisons.
+For open_clip models only the stock ``VisionTransformer`` with stock blocks qualifies; anything else (average
+or attentional pooling, custom blocks, token outputs) keeps open_clip's own forward. The video families
+(``_layers.py``) take a ``queries`` argument in their blocks. ``VFEAT_CLASS_TOKEN_ONLY=0`` turns it off
+everywhere, for comparisons.
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ import torch
 from torch import nn
 
 
+def switched_on() -> bool:
+    """``VFEAT_CLASS_TOKEN_ONLY`` is not ``0``: encoders built now compute the last block for one token."""
+    return os.environ.get("VFEAT_CLASS_TOKEN_ONLY", "1") != "0"
+
+
 def class_token_only(visual: nn.Module) -> bool:
-    """Whether ``visual``'s embedding is its class token alone, so :func:`image_embedding` may be used."""
-    return os.environ.get("VFEAT_CLASS_TOKEN_ONLY", "1") != "0" and _qualifies(visual)
+    """Whether open_clip's ``visual``'s embedding is its class token alone, so :func:`image_embedding` may be used."""
+    return switched_on() and _qualifies(visual)
 
 
 def image_embedding(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:

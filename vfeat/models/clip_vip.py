@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfeat.errors import ModelError
+from vfeat.models import class_token
 from vfeat.models._layers import (
     AttentionCore,
     HFEncoderLayer,
@@ -258,13 +259,25 @@ class ViPVisionTransformer(nn.Module):
         self.post_layernorm = nn.LayerNorm(v.hidden_size)
 
     def forward(self, pixels: torch.Tensor) -> VisionOutput:
+        embeddings, x = self._encode(pixels, class_token_only=False)
+        return VisionOutput(embeddings, x, self.post_layernorm(x[:, 0]))
+
+    def pooled(self, pixels: torch.Tensor, class_token_only: bool = True) -> torch.Tensor:
+        """``forward(pixels).pooled``; with ``class_token_only`` the last layer computes the CLS token alone, the
+        only one the pooled output reads (``vfeat/models/class_token.py``)."""
+        return self.post_layernorm(self._encode(pixels, class_token_only)[1][:, 0])
+
+    def _encode(self, pixels: torch.Tensor, class_token_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.embeddings(pixels)
         frames = pixels.shape[1]
         core = proxy_guided_core(self.cls_tokens, frames, (embeddings.shape[1] - self.cls_tokens) // frames)
         x = self.pre_layrnorm(embeddings)
-        for layer in self.encoder.layers:
+        *first, last = self.encoder.layers
+        for layer in first:
             x = layer(x, core)
-        return VisionOutput(embeddings, x, self.post_layernorm(x[:, 0]))
+        if class_token_only:  # the CLS row of the proxy-guided core: CLS attends to every token
+            return embeddings, last(x, attend, queries=1)
+        return embeddings, last(x, core)
 
 
 class ClipVipModel(nn.Module):
@@ -282,9 +295,9 @@ class ClipVipModel(nn.Module):
         self.text_projection = nn.Linear(t.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
 
-    def get_image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def get_image_features(self, pixels: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
         """``[B, T, 3, H, W]`` -> raw video embeddings ``[B, projection_dim]``."""
-        return self.visual_projection(self.vision_model(pixels).pooled)
+        return self.visual_projection(self.vision_model.pooled(pixels, class_token_only))
 
     def text_pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final-LN state of the end token (the largest id of each row, first occurrence)."""
@@ -325,12 +338,14 @@ class ClipVipEncoder(VideoEncoder):
         self.clip_len = config.temporal_size
         self.preprocess = Preprocess(config.vision.image_size, OPENAI_MEAN, OPENAI_STD, "bicubic")
         self.identity = identity
+        self.class_token_only = class_token.switched_on()
 
     def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
         if pixels.dim() != 5:
             raise ModelError(f"CLIP-ViP encodes [B, T, 3, H, W] clips, got a tensor of shape {tuple(pixels.shape)}")
         weight = self.clipmodel.visual_projection.weight  # the model's device and (possibly cast) dtype
-        return VideoEmbeddings(frames=None, clips=self.clipmodel.get_image_features(pixels.to(weight.device, weight.dtype)))
+        clips = self.clipmodel.get_image_features(pixels.to(weight.device, weight.dtype), self.class_token_only)
+        return VideoEmbeddings(frames=None, clips=clips)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return hf_clip_tokenize(texts, self.config.max_txt_len)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vfeat.errors import ModelError
+from vfeat.models import class_token
 from vfeat.models._layers import (
     AttentionCore,
     LayerNormFP32,
@@ -171,14 +172,15 @@ class TemporalVisionTransformer(nn.Module):
         self.ln_post = LayerNormFP32(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def forward(self, x: torch.Tensor, frames_per_clip: int) -> torch.Tensor:
-        """``[B*T, 3, H, W]`` clip-major -> ``[B*T, output_dim]``."""
+    def forward(self, x: torch.Tensor, frames_per_clip: int, class_token_only: bool = False) -> torch.Tensor:
+        """``[B*T, 3, H, W]`` clip-major -> ``[B*T, output_dim]``. ``class_token_only``: the last block for the
+        class token alone, the only token the embedding reads (``vfeat/models/class_token.py``)."""
         if x.shape[0] % frames_per_clip:
             raise ModelError(f"{x.shape[0]} frames do not split into clips of {frames_per_clip}")
         x = self.conv1(x).flatten(2).transpose(1, 2)  # [N, grid**2, width]
         cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x), neighbour_frames_core(frames_per_clip))
+        x = self.transformer(self.ln_pre(x), neighbour_frames_core(frames_per_clip), 1 if class_token_only else None)
         return self.ln_post(x[:, 0]) @ self.proj
 
 
@@ -213,8 +215,8 @@ class OpenVClipModel(nn.Module):
             nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
             nn.init.normal_(block.mlp.c_proj.weight, std=width**-0.5 * (2 * layers) ** -0.5)
 
-    def encode_image(self, frames: torch.Tensor, frames_per_clip: int) -> torch.Tensor:
-        return self.visual(frames, frames_per_clip)
+    def encode_image(self, frames: torch.Tensor, frames_per_clip: int, class_token_only: bool = False) -> torch.Tensor:
+        return self.visual(frames, frames_per_clip, class_token_only)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         length = text.shape[1]
@@ -244,13 +246,15 @@ class OpenVClipEncoder(VideoEncoder):
         self.clip_len = config.T
         self.preprocess = Preprocess(config.image_resolution, OPENAI_MEAN, OPENAI_STD, "bicubic")
         self.identity = identity
+        self.class_token_only = class_token.switched_on()
 
     def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
         if pixels.dim() != 5:
             raise ModelError(f"Open-VCLIP encodes [B, T, 3, H, W] clips, got a tensor of shape {tuple(pixels.shape)}")
         b, t = pixels.shape[:2]
         weight = self.model.visual.conv1.weight
-        frames = self.model.encode_image(pixels.flatten(0, 1).to(weight.device, weight.dtype), t).reshape(b, t, -1)
+        frames = self.model.encode_image(pixels.flatten(0, 1).to(weight.device, weight.dtype), t, self.class_token_only)
+        frames = frames.reshape(b, t, -1)
         return VideoEmbeddings(frames=frames, clips=frames.float().mean(dim=1))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
