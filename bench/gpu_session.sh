@@ -13,6 +13,7 @@
 # Step "cold" (not in the default list): a freshly loaded L/14's first run with VFEAT_WARM_UP=0 and 1.
 # Steps "start", "load" and "early" (not in the default list): decode processes' start-up, model loading, and a
 # command-line run with decoding started during the model load against after it (run "load" first: its weights).
+# Step "class_token" (not in the default list): the model pass with the last block for the class token only.
 set -u
 OUT_DIR=${1:-bench/out/gpu}
 LOG_DIR=$(mktemp -d)
@@ -76,5 +77,8 @@ step load && run model_load 150 bench/model_load.py --models ViT-B-32,ViT-L-14 -
 # a command-line run from its first instant, decoding during the model load or after it (weights saved by "load")
 step early && run cold_start 200 bench/cold_start.py --models ViT-B-32,ViT-L-14 --device cuda --rounds 2 \
     --inputs gpu_corpus/full/short gpu_corpus/full/long --out-json "$OUT_DIR/cold_start.json"
+# the model pass with the last block for the class token only against every token (not in the default list)
+step class_token && run class_token 120 bench/class_token.py --device cuda --precision bf16 --models ViT-B-16,ViT-L-14 \
+    --batch-size 256 --rounds 5 --out-json "$OUT_DIR/class_token.json"
 step small && run gpu_small 80 bench/extract.py $CORPUS --device cuda --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"
 exit 0
