@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-
 from vfeat import __version__
 from vfeat.decode import Resize, check_hwaccel
 from vfeat.decode_processes import DecodeProcesses
