@@ -82,6 +82,9 @@ class VideoEncoder(nn.Module):
     frame_outputs: bool = True
     #: Frames per clip the model was trained with (None: any number).
     clip_len: int | None = None
+    #: The vision tower's last block runs for the class token only, the one token the embedding reads
+    #: (``vfeat/models/class_token.py``); set by the families that can, False turns it off.
+    class_token_only: bool = False
 
     def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
         """``pixels`` [B, T, 3, H, W], preprocessed -> per-frame [B, T, D] (or None) and clip [B, D]."""
