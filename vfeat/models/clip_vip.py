@@ -262,7 +262,7 @@ class ViPVisionTransformer(nn.Module):
         embeddings, x = self._encode(pixels, class_token_only=False)
         return VisionOutput(embeddings, x, self.post_layernorm(x[:, 0]))
 
-    def pooled(self, pixels: torch.Tensor, class_token_only: bool = True) -> torch.Tensor:
+    def pooled(self, pixels: torch.Tensor, class_token_only: bool) -> torch.Tensor:
         """``forward(pixels).pooled``; with ``class_token_only`` the last layer computes the CLS token alone, the
         only one the pooled output reads (``vfeat/models/class_token.py``)."""
         return self.post_layernorm(self._encode(pixels, class_token_only)[1][:, 0])
