@@ -781,16 +781,18 @@ def test_a_resumed_run_decodes_early_only_the_videos_the_store_lacks(tmp_path, c
     _same_store(store, tmp_path / "whole.zarr")
 
 
-def test_a_clip_model_decodes_its_clips_while_it_loads_and_stores_the_same(tmp_path, clips, fixtures_dir, monkeypatch):
-    """CLIP-ViP: its input size comes from its configuration, its clips from the sampling; the store is
-    the one a run that decodes after the load writes."""
+@pytest.mark.parametrize("model, fixture", [("clip-vip-b32", "clip_vip_ext"), ("open-vclip-b16", "open_vclip")])
+def test_a_clip_model_decodes_its_clips_while_it_loads_and_stores_the_same(tmp_path, clips, fixtures_dir, monkeypatch,
+                                                                           model, fixture):
+    """CLIP-ViP and Open-VCLIP: the input size comes from the configuration, the clips from the sampling;
+    the store is the one a run that decodes after the load writes."""
     from vfeat import extractor
 
-    config = str(fixtures_dir / "clip_vip_ext" / "config.json")
-    checkpoint = tmp_path / "clipvip.pt"
-    torch.save(vfeat.load_model("clip-vip-b32", "none", config=config).state_dict(), checkpoint)
+    config = str(fixtures_dir / fixture / "config.json")
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(vfeat.load_model(model, "none", config=config).state_dict(), checkpoint)
     running_at_load = _processes_running_when_called(monkeypatch, extractor, "load_model")
-    kwargs = dict(model="clip-vip-b32", pretrained=str(checkpoint), model_config=config, num_frames=4, workers=1)
+    kwargs = dict(model=model, pretrained=str(checkpoint), model_config=config, num_frames=4, workers=1)
     vfeat.extract([str(c) for c in clips], str(tmp_path / "early.zarr"), **kwargs)
     monkeypatch.setenv("VFEAT_EARLY_DECODE", "0")
     vfeat.extract([str(c) for c in clips], str(tmp_path / "late.zarr"), **kwargs)
@@ -824,7 +826,8 @@ def test_the_input_size_guessed_from_the_configuration_is_the_loaded_models():
     assert input_guess("ViT-B/32") == (encoder.preprocess.image_size, encoder.preprocess.interpolation, True) == (224, "bicubic", True)
     assert input_guess("ViT-L/14@336px") == (336, "bicubic", True) and input_guess("RN50x4") == (288, "bicubic", True)
     assert input_guess("clip-vip-b16") == (224, "bicubic", False)  # from the registry's architecture
-    assert input_guess("open-vclip-b16") is None  # its architecture comes from its weights
+    vclip = load_model("open-vclip-b16", "none")
+    assert input_guess("open-vclip-b16") == (vclip.preprocess.image_size, "bicubic", False) == (224, "bicubic", False)
 
 
 def test_a_video_failing_midway_with_rows_in_a_batch_is_dropped_and_the_others_are_stored(tmp_path, monkeypatch):

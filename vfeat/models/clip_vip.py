@@ -174,6 +174,12 @@ def resolve_config(spec_architecture: Mapping[str, Any] | None, config_path: str
     return ClipVipConfig.from_official(arch, source)
 
 
+def input_size(spec_architecture: Mapping[str, Any] | None, config_path: str | None) -> int:
+    """The frame size the model will take, from its configuration alone (no weights): decoding starts on it
+    while the model loads."""
+    return resolve_config(spec_architecture, config_path).vision.image_size
+
+
 # --- the network ---------------------------------------------------------------------------------------------
 
 

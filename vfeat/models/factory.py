@@ -11,7 +11,8 @@ from vfeat.errors import InputError, ModelError
 from vfeat.models.base import VideoEncoder
 from vfeat.models.registry import check_name, get_spec
 
-#: Registry ``family`` -> module with ``build(spec, pretrained, config_path=None, **options)``.
+#: Registry ``family`` -> module with ``build(spec, pretrained, config_path=None, **options)`` and
+#: ``input_size(spec_architecture, config_path)``.
 FAMILIES = {"clip_vip": "vfeat.models.clip_vip", "open_vclip": "vfeat.models.open_vclip"}
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -77,17 +78,16 @@ class InputGuess(NamedTuple):
 def input_guess(name: str, config: str | None = None) -> InputGuess | None:
     """The frames the model ``name`` will take, guessed from its configuration before it is loaded (no
     weights, no open_clip import), so that decoding can start meanwhile; ``None`` where only loading tells
-    (Open-VCLIP's architecture comes from its weights). A guess: the loaded model's
+    (a hub or local-directory CLIP, a configuration that does not say). A guess: the loaded model's
     :attr:`~VideoEncoder.preprocess` decides, and a run whose guess was wrong starts its decoding again.
-    Interpolation: bicubic, that of every OpenAI, CLIP-ViP and nearly every open_clip checkpoint."""
+    Interpolation: bicubic, that of every OpenAI, CLIP-ViP, Open-VCLIP and nearly every open_clip checkpoint."""
     spec = get_spec(name)
-    if spec is not None:
-        if spec["family"] != "clip_vip":
+    if spec is not None:  # a video family: the registry's architecture, or the --model-config over it
+        if spec["family"] not in FAMILIES:
             return None
-        from vfeat.models import clip_vip
-
+        family = importlib.import_module(FAMILIES[spec["family"]])
         try:
-            size = clip_vip.resolve_config(spec.get("architecture"), config).vision.image_size
+            size = family.input_size(spec.get("architecture"), config)
         except Exception:  # noqa: BLE001 - a guess: the load says what is wrong with the configuration
             return None
         return InputGuess(size, "bicubic", frame_level=False)

@@ -118,6 +118,12 @@ def resolve_config(
         raise ModelError(f"{config_path or 'registry architecture'}: invalid Open-VCLIP architecture ({exc})") from exc
 
 
+def input_size(spec_architecture: Mapping[str, Any] | None, config_path: str | None) -> int:
+    """The frame size the model will take, from its configuration alone (no weights; a checkpoint of
+    another size fails its load): decoding starts on it while the model loads."""
+    return resolve_config(spec_architecture, config_path).image_resolution
+
+
 def patch_state_dict(
     finetuned: Mapping[str, torch.Tensor], original: Mapping[str, torch.Tensor], ratio: float, source: str = "patching"
 ) -> dict[str, torch.Tensor]:
