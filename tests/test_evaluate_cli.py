@@ -19,10 +19,15 @@ embedded once by vfeat and once by the reference.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import os
 import re
+import shutil
 import statistics
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -791,3 +796,60 @@ def test_text_embeddings_are_cached(tmp_path, model, monkeypatch):
     assert second["metrics"] == first["metrics"]
     assert_metrics(second["metrics"], want)
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == files
+
+
+EVALUATE_IN_A_FRESH_PROCESS = """
+import sys
+from typer.testing import CliRunner
+from vfeat.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+print(result.output)
+print("exit", result.exit_code, "torch imported:", "torch" in sys.modules)
+"""
+
+
+def evaluate_in_a_fresh_process(cache: Path, *args) -> tuple[int, bool, str]:
+    """``vfeat evaluate ARGS`` in a new interpreter: its exit code, whether it imported torch, its output."""
+    env = {**os.environ, "VFEAT_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", EVALUATE_IN_A_FRESH_PROCESS, "evaluate", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1].split()
+    return int(last[1]), last[-1] == "True", done.stdout
+
+
+def test_cached_texts_need_neither_the_model_nor_its_weights(tmp_path, model):
+    """Texts this model already embedded are read from the cache: a second evaluation loads no model (not even
+    torch) and works after the weight file is gone; texts not in the cache still need the weights, with the
+    same error as before, and a --pretrained file is checked against the store even when nothing is loaded."""
+    cache = tmp_path / "cache"
+    classes, templates = custom_files(tmp_path)
+    weights = tmp_path / "moving.pt"
+    shutil.copy(model.weights, weights)
+    attrs = copy.deepcopy(model.attrs)
+    attrs["model"]["pretrained"] = str(weights)
+    moved = Model(weights, model.other, attrs, model.ref)
+    store, (want, _), _ = custom_store(tmp_path, moved, seed=12)
+    out = [tmp_path / f"result-{n}.json" for n in range(3)]
+
+    code, torch_imported, output = evaluate_in_a_fresh_process(
+        cache, "--features", store, "--classes", classes, "--templates", templates, "--json", out[0])
+    assert code == 0 and torch_imported, output  # the first run embeds the prompts
+    weights.unlink()
+    code, torch_imported, output = evaluate_in_a_fresh_process(
+        cache, "--features", store, "--classes", classes, "--templates", templates, "--json", out[1])
+    assert code == 0 and not torch_imported, output
+    first, second = (json.loads(p.read_text())[0]["metrics"] for p in out[:2])
+    assert second == first
+    assert_metrics(second, want)
+
+    (tmp_path / "one_template.txt").write_text("a video of {}.\n")
+    assert_refused(cli("evaluate", "--features", store, "--classes", classes, "--templates", tmp_path / "one_template.txt"),
+                   "moving.pt", "not on this machine", "--pretrained")
+    assert_refused(cli("evaluate", "--features", store, "--classes", classes, "--templates", templates,
+                       "--pretrained", model.other), "other.pt", "sha256")
+    code, _, output = evaluate_in_a_fresh_process(
+        cache, "--features", store, "--classes", classes, "--templates", tmp_path / "one_template.txt",
+        "--pretrained", model.weights, "--json", out[2])
+    assert code == 0, output
+    assert json.loads(out[2].read_text())[0]["counts"]["videos_evaluated"] == 12

@@ -8,7 +8,7 @@ import numpy as np
 
 from vfeat.errors import InputError
 from vfeat.evaluate.tasks import load_task
-from vfeat.evaluate.text import class_embeddings, embed_texts, load_store_model
+from vfeat.evaluate.text import TextTower, class_embeddings, embed_texts
 from vfeat.evaluate.video import normalise, require_videos
 from vfeat.store.reader import open_store
 
@@ -28,15 +28,15 @@ def predict(features: str, texts: Sequence[str] | None = None, task: str | None 
         raise InputError(f"Invalid --top ({top}). It must be >= 1.")
     with open_store(features) as store:
         require_videos(store)
-        encoder = load_store_model(store.attrs, device=device, pretrained=pretrained)
+        text_tower = TextTower(store.attrs, device=device, pretrained=pretrained)
         if task:
             t = load_task(task)
             if t.type != "classification":
                 raise InputError(f"Task {t.name} is {t.type}; predict needs a classification task or --texts.")
-            labels, text = list(t.classes), class_embeddings(encoder, t.prompts())
+            labels, text = list(t.classes), class_embeddings(text_tower, t.prompts())
         else:
-            labels, text = list(texts), embed_texts(encoder, list(texts))  # type: ignore[arg-type]
-        scale = float(store.attrs.get("logit_scale") or encoder.logit_scale)
+            labels, text = list(texts), embed_texts(text_tower, list(texts))  # type: ignore[arg-type]
+        scale = text_tower.logit_scale
         k = min(top, len(labels))
         rows: list[dict[str, Any]] = []
         timelines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -62,8 +62,8 @@ def search(features: str, query: str, top: int = 10, device: str = "cpu", pretra
         raise InputError("The search query is empty.")
     with open_store(features) as store:
         require_videos(store)
-        encoder = load_store_model(store.attrs, device=device, pretrained=pretrained)
-        q = embed_texts(encoder, [query])[0]
+        text_tower = TextTower(store.attrs, device=device, pretrained=pretrained)
+        q = embed_texts(text_tower, [query])[0]
         best: list[tuple[float, str, float]] = []
         for video_id, feats, stamps in store.iter_rows(_rows_name(store)):
             scores = normalise(feats) @ q

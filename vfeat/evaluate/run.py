@@ -16,7 +16,7 @@ from vfeat.errors import InputError
 from vfeat.evaluate import metrics
 from vfeat.evaluate.annotations import build_retrieval_index, read_captions, read_multiple_choice, match_ids
 from vfeat.evaluate.tasks import Task, labels_for, load_task, task_from_files
-from vfeat.evaluate.text import class_embeddings, embed_texts, load_store_model
+from vfeat.evaluate.text import TextTower, class_embeddings, embed_texts
 from vfeat.evaluate.video import video_embeddings
 from vfeat.store.reader import open_store
 
@@ -102,16 +102,16 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
     with open_store(features) as store:
         attrs = store.attrs
         ids, videos = video_embeddings(store)
-    encoder = load_store_model(attrs, device=device, pretrained=pretrained)
+    text_tower = TextTower(attrs, device=device, pretrained=pretrained)
     model = attrs.get("model", {})
     results = []
     for t in tasks:
         if t.type == "classification":
-            result = _classification(t, ids, videos, encoder, labels)
+            result = _classification(t, ids, videos, text_tower, labels)
         elif t.type == "retrieval":
-            result = _retrieval(t, ids, videos, encoder, captions, dsl)
+            result = _retrieval(t, ids, videos, text_tower, captions, dsl)
         else:
-            result = _multiple_choice(t, ids, videos, encoder, multiple_choice)
+            result = _multiple_choice(t, ids, videos, text_tower, multiple_choice)
         provenance = {
             "model": model, "store": features, "task_file": str(t.path) if t.path else None,
             "templates": list(t.templates), "vfeat_version": attrs.get("vfeat_version"),
@@ -121,14 +121,14 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
     return results
 
 
-def _classification(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, labels_csv: str | None) -> Result:
+def _classification(task: Task, ids: list[str], videos: np.ndarray, text_tower: TextTower, labels_csv: str | None) -> Result:
     if not task.templates:
         raise InputError(f"Task {task.name} has no templates.")
     y, report = labels_for(task, ids, labels_csv=labels_csv)
     keep = y >= 0
     if not keep.any():
         raise InputError(f"No stored video got a label for task {task.name}: {report.summary()}")
-    text = class_embeddings(encoder, task.prompts())
+    text = class_embeddings(text_tower, task.prompts())
     scores = videos[keep] @ text.T
     result = metrics.classification_metrics(scores, y[keep])
     per_class = result.pop("per_class_accuracy")
@@ -142,7 +142,7 @@ def _classification(task: Task, ids: list[str], videos: np.ndarray, encoder: Any
     return Result(task.name, task.type, result, counts, details, [report.summary()])
 
 
-def _retrieval(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, captions_path: str, dsl: bool) -> Result:
+def _retrieval(task: Task, ids: list[str], videos: np.ndarray, text_tower: TextTower, captions_path: str, dsl: bool) -> Result:
     fmt = task.captions.get("format", "generic") if task.captions else "generic"
     options = {k: task.captions[k] for k in ("subset", "level") if task.captions and k in task.captions}
     pairs = read_captions(captions_path, fmt, **options)
@@ -151,7 +151,7 @@ def _retrieval(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, cap
         raise InputError(f"No caption in {captions_path} matches a stored video: {index.match.summary()}")
     position = {v: i for i, v in enumerate(ids)}
     gallery = videos[[position[v] for v in index.video_ids]]
-    text = embed_texts(encoder, index.captions)
+    text = embed_texts(text_tower, index.captions)
     targets = np.asarray(index.caption_video)
     t2v = metrics.blockwise_ranks(text, gallery, targets, dsl_over="queries" if dsl else None)
     queries = np.unique(targets)
@@ -163,7 +163,7 @@ def _retrieval(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, cap
     return Result(task.name, task.type, result, counts, {"t2v_recall_curve": recall_curve}, [index.match.summary()])
 
 
-def _multiple_choice(task: Task, ids: list[str], videos: np.ndarray, encoder: Any, path: str) -> Result:
+def _multiple_choice(task: Task, ids: list[str], videos: np.ndarray, text_tower: TextTower, path: str) -> Result:
     questions = read_multiple_choice(path)
     match = match_ids([q.video_id for q in questions], ids, (task.captions or {}).get("strip_prefix", ""))
     kept = [q for q in questions if q.video_id in match.mapping]
@@ -174,7 +174,7 @@ def _multiple_choice(task: Task, ids: list[str], videos: np.ndarray, encoder: An
     position = {v: i for i, v in enumerate(ids)}
     texts = list(dict.fromkeys(c for q in kept for c in q.candidates))  # one text-tower call, each text once
     text_row = {t: i for i, t in enumerate(texts)}
-    emb = embed_texts(encoder, texts)
+    emb = embed_texts(text_tower, texts)
     for row, q in enumerate(kept):
         video = videos[position[match.mapping[q.video_id]]]
         scores[row, : len(q.candidates)] = emb[[text_row[c] for c in q.candidates]] @ video

@@ -1,5 +1,5 @@
-"""The text side of evaluation: rebuild the store's own model and embed prompts or captions, with an
-on-disk cache keyed by the model identity and the exact texts."""
+"""The text side of evaluation: embed prompts or captions with the store's own model, through an on-disk
+cache keyed by the store's model record and the exact texts; the model is rebuilt only on a miss."""
 
 from __future__ import annotations
 
@@ -18,18 +18,54 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VFEAT_CACHE_DIR", Path.home() / ".cache" / "vfeat")) / "text"
 
 
-def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None):
-    """The model that wrote the store (name + weights + options from its attributes). ``pretrained``
-    points at the same weights when they moved; a different file (by sha256) is refused."""
-    from vfeat.models.factory import load_model
-    from vfeat.models.weights import sha256_file
+class TextTower:
+    """The text side of the model that wrote a store, loaded the first time a text is not in the cache.
 
-    model = attrs.get("model") or {}
-    name, stored = model.get("name"), model.get("pretrained")
-    if not name:
-        raise StoreError("store has no model attribute: not written by vfeat extract?")
+    Evaluating the same texts with the same model again (another store, split or sampling rate) then
+    reads their embeddings from the cache and loads no model at all, nor torch: seconds per run, most of
+    it for a large model. The cache key is the store's own model record, so it does not depend on where
+    the weights are now. A ``pretrained`` file passed in is still checked against that record at once:
+    a wrong file is an error, not an argument quietly left unused.
+    """
+
+    def __init__(self, attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None) -> None:
+        self.identity = dict(attrs.get("model") or {})
+        if not self.identity.get("name"):
+            raise StoreError("store has no model attribute: not written by vfeat extract?")
+        self._attrs, self._device, self._pretrained = attrs, device, pretrained
+        self._encoder: Any = None
+        if pretrained is not None:
+            _weights_for(self.identity, pretrained)
+
+    @property
+    def encoder(self) -> Any:
+        """The store's model, loaded on first use (:func:`load_store_model`)."""
+        if self._encoder is None:
+            self._encoder = load_store_model(self._attrs, device=self._device, pretrained=self._pretrained)
+        return self._encoder
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self._attrs.get("embed_dim") or self.encoder.embed_dim)
+
+    @property
+    def logit_scale(self) -> float:
+        """The scale the store recorded, else the model's own."""
+        return float(self._attrs.get("logit_scale") or self.encoder.logit_scale)
+
+
+def _weights_for(model: dict[str, Any], pretrained: str | None) -> str | None:
+    """The weights to rebuild the store's model from: its recorded ones, or ``pretrained`` where they
+    moved, which must be the same file (by sha256) or, for a tag, the same tag."""
+    stored = model.get("pretrained")
     weights = pretrained or stored
     if model.get("checkpoint_sha256"):
+        from vfeat.models.weights import sha256_file
+
         if not weights or not Path(weights).is_file():
             raise StoreError(
                 f"the store's weights {stored} are not on this machine; pass the same file with --pretrained PATH"
@@ -41,6 +77,19 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
             )
     elif pretrained and pretrained != stored:
         raise StoreError(f"the store was written with pretrained={stored!r}, not {pretrained!r}")
+    return weights
+
+
+def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None):
+    """The model that wrote the store (name + weights + options from its attributes). ``pretrained``
+    points at the same weights when they moved; a different file (by sha256) is refused."""
+    from vfeat.models.factory import load_model
+
+    model = attrs.get("model") or {}
+    name = model.get("name")
+    if not name:
+        raise StoreError("store has no model attribute: not written by vfeat extract?")
+    weights = _weights_for(model, pretrained)
     options = dict(model.get("options") or {})
     family_options = {k: options[k] for k in ("clip_weights", "patching_ratio") if k in options}
     if "wise_with" in options:
@@ -54,13 +103,14 @@ def _key(identity: dict[str, Any], texts: Sequence[str]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def embed_texts(encoder: Any, texts: Sequence[str], batch: int = 256, use_cache: bool = True) -> np.ndarray:
+def embed_texts(tower: TextTower, texts: Sequence[str], batch: int = 256, use_cache: bool = True) -> np.ndarray:
     """L2-normalised text embeddings [N, D] (float32), cached on disk per model and text list."""
-    import torch
-
-    path = cache_dir() / f"{_key(encoder.identity.as_dict(), texts)}.npy"
+    path = cache_dir() / f"{_key(tower.identity, texts)}.npy"
     if use_cache and path.is_file():
         return np.load(path)
+    import torch
+
+    encoder = tower.encoder
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch):
@@ -75,11 +125,11 @@ def embed_texts(encoder: Any, texts: Sequence[str], batch: int = 256, use_cache:
     return out
 
 
-def class_embeddings(encoder: Any, prompts: list[list[str]]) -> np.ndarray:
+def class_embeddings(tower: TextTower, prompts: list[list[str]]) -> np.ndarray:
     """Prompt ensembling: per class, the mean of its L2-normalised template embeddings, renormalised."""
     if not prompts:
-        return np.zeros((0, encoder.embed_dim), np.float32)
+        return np.zeros((0, tower.embed_dim), np.float32)
     per_class = len(prompts[0])
     flat = [p for row in prompts for p in row]
-    emb = embed_texts(encoder, flat).reshape(len(prompts), per_class, -1).mean(axis=1)
+    emb = embed_texts(tower, flat).reshape(len(prompts), per_class, -1).mean(axis=1)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
