@@ -6,6 +6,7 @@ overwrites, and hashes the file (for the store's record) beside the load.
 
     python bench/model_load.py                              # ViT-B/32, ViT-B/16, ViT-L/14
     python bench/model_load.py --tree /tmp/vfeat-old        # and another checkout's load_model, in the same run
+    python bench/model_load.py --towers                     # and one tower only: towers="image" (extraction), "text" (evaluation)
 
 Random weights are saved once to ``bench/out/weights/`` (2.9 GB for the three models; the file is then in
 the page cache, as for a user's second run). Each measurement runs in a fresh process, in interleaved rounds;
@@ -42,6 +43,8 @@ def child(kind: str, arch: str, weights: str, tree: str, device: str) -> None:
     started = time.perf_counter()
     if kind == "open_clip":
         model = open_clip.create_model(arch, pretrained=weights, device=device)
+    elif kind.startswith("vfeat["):  # vfeat[image], vfeat[text]: load_model(towers=...)
+        model = vfeat.load_model(arch, weights, device=device, towers=kind[len("vfeat["):-1])
     else:
         model = vfeat.load_model(arch, weights, device=device)
     if device.startswith("cuda"):
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cli", action="store_true", help="also time a whole `vfeat extract` of a 1-second clip per model and tree")
     p.add_argument("--device", default="cpu", help="where the model goes (cuda: CUDA's start-up included, as in a run)")
+    p.add_argument("--towers", action="store_true", help="also this tree's load of one tower: towers='image' (extraction) and 'text' (evaluation)")
     p.add_argument("--weights-dir", default=str(HERE / "out" / "weights"))
     p.add_argument("--out-json", default=None)
     p.add_argument("--child", nargs=5, metavar=("KIND", "ARCH", "WEIGHTS", "TREE", "DEVICE"), help=argparse.SUPPRESS)
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = {arch: save_weights(Path(args.weights_dir), arch) for arch in models}
     video = one_second_clip(Path(args.weights_dir)) if args.cli else None
     kinds = ["open_clip"] + [f"vfeat:{t}" for t in trees] + ([f"cli:{t}" for t in trees] if args.cli else [])
+    if args.towers:
+        kinds[2:2] = [f"vfeat[{towers}]:{ROOT}" for towers in ("image", "text")]
     runs: dict[str, dict[str, list[float]]] = {arch: {kind: [] for kind in kinds} for arch in models}
     for k in range(args.rounds):
         for arch in models:

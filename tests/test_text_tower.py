@@ -1,5 +1,6 @@
-"""Extraction drops the text tower (drop_text_tower): less memory, the same video embeddings, and a clear
-error if anything still asks the encoder for text."""
+"""Extraction drops the text tower and evaluation the image tower (``load_model(towers=...)``): the same
+embeddings as the whole model, less memory, a load that leaves the dropped tower's weights out of a file,
+and a clear error if anything still asks the encoder for the tower it lacks."""
 
 from __future__ import annotations
 
@@ -50,3 +51,102 @@ def test_video_embeddings_unchanged_and_text_refused(repo_root, build):
     assert encoder.logit_scale == scale  # recorded in the store's attributes
     with pytest.raises(RuntimeError, match="loaded for extraction"):
         encoder.encode_text(tokens)
+
+
+# -- loading one tower -------------------------------------------------------------------------------------
+
+def _families(tiny_model):
+    """(family, build(weight file, without) -> encoder, its weight file) for each family."""
+    from vfeat.models import clip
+
+    vip, vclip = fixture_dir("clip_vip"), fixture_dir("open_vclip")
+    return [
+        ("open_clip", lambda path, without: clip.build(tiny_model.name, str(path), config_path=tiny_model.config,
+                                                       without=without), tiny_model.state_dict),
+        ("clip_vip", lambda path, without: clip_vip.build(spec_for("clip-vip-b32"), str(path),
+                                                          config_path=str(vip / "config.json"), without=without),
+         vip / "checkpoint.pt"),
+        ("open_vclip", lambda path, without: open_vclip.build(spec_for("open-vclip-b16"), str(path),
+                                                              config_path=str(vclip / "config.json"), without=without),
+         vclip / "checkpoint.pt"),
+    ]
+
+
+def _tokens(family, encoder):
+    return encoder.tokenize(["a dog", "a red car"]) if family == "open_clip" else torch.tensor([[1, 5, 7, 2], [1, 3, 2, 0]])
+
+
+def _tower_of(file_key: str, encoder) -> str | None:
+    """Which tower a weight file's key belongs to, by the wrapped model's part names (wrapper prefixes of the
+    official files stripped: ``module.``, ``model.``, ``clipmodel.``)."""
+    from vfeat.models.base import tower_parts
+
+    key = file_key
+    while key.startswith(("module.", "model.", "clipmodel.")):
+        key = key.split(".", 1)[1]
+    owner = next(encoder.children())
+    for tower in ("text", "image"):
+        if any(key == part or key.startswith(part + ".") for part in tower_parts(owner, tower)):
+            return tower
+    return None
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("family", ["open_clip", "clip_vip", "open_vclip"])
+def test_one_tower_gives_the_whole_models_embeddings(tiny_model, family):
+    _, build, path = next(f for f in _families(tiny_model) if f[0] == family)
+    whole, image, text = build(path, None).eval(), build(path, "text").eval(), build(path, "image").eval()
+    size, frames = whole.preprocess.image_size, whole.clip_len or 3
+    pixels = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want_video, got_video = whole.encode_video(pixels), image.encode_video(pixels)
+        want_text, got_text = whole.encode_text(_tokens(family, whole)), text.encode_text(_tokens(family, text))
+    assert torch.equal(want_video.clips, got_video.clips)
+    assert torch.equal(want_text, got_text)
+    counts = [sum(p.numel() for p in e.parameters()) for e in (whole, image, text)]
+    assert max(counts[1:]) < counts[0] <= counts[1] + counts[2] <= counts[0] + 2, counts  # the logit scale (and bias) in both
+    assert image.logit_scale == text.logit_scale == whole.logit_scale  # recorded in the store's attributes
+    with pytest.raises(RuntimeError, match="loaded for extraction"):
+        image.encode_text(_tokens(family, image))
+    with pytest.raises(RuntimeError, match="loaded for text only"):
+        text.encode_video(pixels)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("family", ["open_clip", "clip_vip", "open_vclip"])
+def test_the_dropped_towers_weights_are_left_out_the_kept_ones_loaded_strictly(tiny_model, tmp_path, family):
+    """A file whose text tower does not fit (a misshapen weight) loads for extraction, and not whole; a file
+    lacking one image weight fails for extraction, naming it, and still loads for text: what is loaded is
+    loaded strictly, what is dropped is left out."""
+    from vfeat.errors import ModelError
+    from vfeat.models.weights import read_state_dict
+
+    _, build, path = next(f for f in _families(tiny_model) if f[0] == family)
+    whole = build(path, None)
+    state = read_state_dict(path)
+    towers = {k: _tower_of(k, whole) for k in state}
+    assert {"text", "image"} <= set(towers.values()), towers
+
+    misshapen = next(k for k in state if towers[k] == "text" and ".0." in k and k.endswith("weight"))
+    bad_text = tmp_path / "bad-text.pt"
+    torch.save({**state, misshapen: torch.zeros(3)}, bad_text)
+    image = build(bad_text, "text")
+    assert image.text_dropped and not image.image_dropped
+    with pytest.raises(ModelError, match="wrong shape"):
+        build(bad_text, None)
+
+    dropped = next(k for k in state if towers[k] == "image")
+    no_image_weight = tmp_path / "lacks-one-image-weight.pt"
+    torch.save({k: v for k, v in state.items() if k != dropped}, no_image_weight)
+    with pytest.raises(ModelError, match="1 missing: .*" + dropped.rsplit(".", 1)[-1]):
+        build(no_image_weight, "text")
+    assert build(no_image_weight, "image").image_dropped
+
+
+def test_load_model_towers(tiny_model):
+    """The front door: towers='image' / 'text' drop the other one; anything else is refused."""
+    image = load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config, towers="image")
+    text = load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config, towers="text")
+    assert image.text_dropped and not image.image_dropped and text.image_dropped and not text.text_dropped
+    with pytest.raises(ValueError, match="towers"):
+        load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config, towers="video")

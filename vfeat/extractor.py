@@ -143,7 +143,7 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
 
         def settings() -> dict[str, Any]:  # from a CPU copy of the model: the device processes load their own
             return store_attrs(load_model(model, pretrained, config=model_config, device="cpu", precision=precision,
-                                          **model_options), plan, dtype)
+                                          towers="image", **model_options), plan, dtype)
 
         return run_devices(sources, out, device_list, workers, options, on_start, settings, on_progress)
     return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
@@ -191,8 +191,8 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
         if early is not None:
             decoding.enter_context(early.processes)  # stopped if anything below fails before run takes them
         if encoder is None:
-            encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, **model_options)
-            encoder.drop_text_tower()
+            encoder = load_model(model, pretrained, config=model_config, device=device, precision=precision, towers="image",
+                                 **model_options)
             check_plan(encoder, plan)
         model_load_s = time.perf_counter() - load_started
         # the run's seconds: after the model load, which decoding may have overlapped; from the start when the

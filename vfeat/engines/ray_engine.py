@@ -113,8 +113,7 @@ class EncodeVideos:
     (pickled :class:`VideoRecord` or :class:`Failure`) with the local pipeline's :func:`encode_videos`."""
 
     def __init__(self, model_args: dict[str, Any], plan: SamplingPlan, storage_dtype: str, batch_size: int) -> None:
-        self.encoder = load_model(**model_args)
-        self.encoder.drop_text_tower()
+        self.encoder = load_model(**model_args, towers="image")
         self.plan, self.storage_dtype, self.batch_size = plan, storage_dtype, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -240,7 +239,7 @@ def run_ray(sources: list[VideoSource], out: str, *, model: str, pretrained: str
 def _from_driver_copy(model_args: dict[str, Any], plan: SamplingPlan, dtype: str) -> tuple[dict[str, Any], Resize, bool]:
     """Store attributes, decode size and clip mode from a CPU copy of the model (a bad model name or flag is
     reported here, not in a remote traceback)."""
-    encoder = load_model(**{**model_args, "device": "cpu"})
+    encoder = load_model(**{**model_args, "device": "cpu"}, towers="image")
     check_plan(encoder, plan)
     return store_attrs(encoder, plan, dtype), decode_resize(encoder), one_clip_per_video(encoder, plan)
 

@@ -95,7 +95,7 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
     if "wise_with" in options:
         family_options.update(wise_with=options["wise_with"], alpha=options["alpha"])
     config = options.get("model_config") or options.get("config_path")
-    return load_model(name, weights, config=config, device=device, precision="fp32", **family_options)
+    return load_model(name, weights, config=config, device=device, precision="fp32", towers="text", **family_options)
 
 
 def _key(identity: dict[str, Any], texts: Sequence[str]) -> str:

@@ -106,21 +106,38 @@ class VideoEncoder(nn.Module):
     #: CLIP-ViP, Open-VCLIP); ``logit_scale`` is kept, the store records it.
     TEXT_PARTS = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection",
                   "attn_mask", "text", "text_model")
+    #: ... and to the image side only.
+    IMAGE_PARTS = ("visual", "vision_model", "visual_projection")
     text_dropped: bool = False
+    image_dropped: bool = False
+
+    def drop_tower(self, tower: str) -> None:
+        """Free the ``"text"`` or ``"image"`` tower: extraction never embeds text (about 40% of a ViT-B CLIP's
+        weights, RAM or GPU memory the batches can use), evaluation never encodes frames (70% of ViT-L/14's)."""
+        for owner in self.children():  # the wrapped model (open_clip's CLIP, ClipVipModel, OpenVClipModel)
+            for name in tower_parts(owner, tower):
+                setattr(owner, name, None)
+        if tower == "text":
+            self.text_dropped = True
+        else:
+            self.image_dropped = True
 
     def drop_text_tower(self) -> None:
-        """Extraction never embeds text: free the text tower (about 40% of a ViT-B CLIP's weights, RAM or
-        GPU memory that the batches can use). Evaluation loads its own model with both towers."""
-        for owner in self.children():  # the wrapped model (open_clip's CLIP, ClipVipModel, OpenVClipModel)
-            for name in self.TEXT_PARTS:
-                if name in owner._modules or name in owner._parameters or name in owner._buffers:
-                    setattr(owner, name, None)
-        self.text_dropped = True
+        self.drop_tower("text")
+
+    def tower_prefixes(self, tower: str) -> tuple[str, ...]:
+        """State-dict key prefixes of the ``tower``'s parts, for a load that leaves them out (:func:`load_strict`'s
+        ``skip``) because the tower is dropped right after."""
+        return tuple(f"{child}.{name}" for child, owner in self.named_children() for name in tower_parts(owner, tower))
+
+    def require_image_tower(self) -> None:
+        if self.image_dropped:
+            raise RuntimeError("this encoder was loaded for text only (towers='text'): load the model again to encode frames")
 
     def encode_text(self, texts: Sequence[str] | torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """Texts or already tokenised ids -> raw (not normalised) text embeddings [N, D]."""
         if self.text_dropped:
-            raise RuntimeError("this encoder was loaded for extraction (drop_text_tower): load the model again to embed text")
+            raise RuntimeError("this encoder was loaded for extraction (text tower dropped): load the model again to embed text")
         if isinstance(texts, (torch.Tensor, dict)):
             return self.encode_text_tokens(texts)
         return self.encode_text_tokens(self.tokenize(list(texts)))
@@ -133,3 +150,15 @@ class VideoEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+#: The towers a model can be loaded without (``load_model(towers=...)`` keeps the other one).
+TOWERS = ("text", "image")
+
+
+def tower_parts(module: nn.Module, tower: str) -> list[str]:
+    """Names of ``module``'s direct attributes that belong to ``tower`` (``"text"`` or ``"image"``) only."""
+    if tower not in TOWERS:
+        raise ValueError(f"tower must be one of {TOWERS}, not {tower!r}")
+    names = VideoEncoder.TEXT_PARTS if tower == "text" else VideoEncoder.IMAGE_PARTS
+    return [n for n in names if n in module._modules or n in module._parameters or n in module._buffers]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from vfeat.errors import ModelError
-from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
+from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder, tower_parts
 from vfeat.models.class_token import class_token_only, image_embedding
 from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
 from vfeat.models.weights import (drop_archive_extras, interpolate_state_dicts, load_strict, no_random_init, read_state_dict,
@@ -38,6 +38,7 @@ class ClipEncoder(VideoEncoder):
         self.class_token_only = class_token_only(model.visual)
 
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.require_image_tower()
         if self.class_token_only:  # the same embeddings as encode_image, with less of the last block
             return image_embedding(self.model.visual, pixels)
         return self.model.encode_image(pixels)
@@ -96,13 +97,14 @@ def input_size_guess(name: str, config_path: str | None = None) -> int | None:
 
 
 def build(name: str, pretrained: str | None = None, config_path: str | None = None, wise_with: str | None = None,
-          alpha: float | None = None, cache_dir: str | None = None) -> ClipEncoder:
+          alpha: float | None = None, cache_dir: str | None = None, without: str | None = None) -> ClipEncoder:
     """Build a CLIP encoder.
 
     ``pretrained``: an open_clip tag (downloaded once into the hub cache), a local weight file (OpenAI
     TorchScript archive, open_clip / OpenAI state dict), or ``"none"`` for random weights (tests and
     benchmarks only). OpenAI names default to their ``openai`` weights. ``wise_with`` + ``alpha``:
-    WiSE-FT, weights ``(1 - alpha) * pretrained + alpha * wise_with``.
+    WiSE-FT, weights ``(1 - alpha) * pretrained + alpha * wise_with``. ``without``: ``"text"`` or
+    ``"image"``, the tower to drop (a weight file's load then leaves its weights out).
     """
     import open_clip
 
@@ -138,7 +140,9 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
             checksum = pool.submit(sha256_file, pretrained)  # read beside the load: hashlib releases the GIL
             with no_random_init():  # _load_file loads every weight strictly
                 model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
-            _load_file(model, pretrained)
+            # the tower dropped below is not loaded at all (a WiSE mix needs every weight of both files)
+            skip = tuple(tower_parts(model, without)) if without and wise_with is None else ()
+            _load_file(model, pretrained, skip)
             checkpoint_sha = checksum.result()
     else:
         model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
@@ -162,26 +166,35 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
     if config_path:
         identity_options["model_config"] = str(config_path)
     identity = ModelIdentity(name=name, pretrained=str(pretrained), checkpoint_sha256=checkpoint_sha, options=identity_options)
-    return ClipEncoder(model, open_clip.get_tokenizer(arch), preprocess, identity)
+    encoder = ClipEncoder(model, open_clip.get_tokenizer(arch), preprocess, identity)
+    if without:
+        encoder.drop_tower(without)
+    return encoder
 
 
 def _persistent_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _file_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _file_state_dict(path: str, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The file's weights in fp32 (OpenAI's archives are fp16), but for those under the ``skip`` prefixes."""
     state = drop_archive_extras(read_state_dict(path))
     if all(k.startswith("module.") for k in state):
         state = strip_prefix(state, "module.")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return {k: v.float() if v.is_floating_point() and not _under(k, skip) else v for k, v in state.items()}
 
 
-def _load_file(model: torch.nn.Module, path: str) -> None:
-    state = _file_state_dict(path)
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _load_file(model: torch.nn.Module, path: str, skip: tuple[str, ...] = ()) -> None:
+    """Every weight of ``path`` into ``model``, strictly, but for those under the ``skip`` prefixes."""
+    state = _file_state_dict(path, skip)
     own = model.state_dict()
     # Non-persistent buffers some versions save (attn_mask) are not weights.
     state = {k: v for k, v in state.items() if k in own or not k.endswith("attn_mask")}
-    load_strict(model, state, path)
+    load_strict(model, state, path, skip)
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -347,6 +347,7 @@ class ClipVipEncoder(VideoEncoder):
         self.class_token_only = class_token.switched_on()
 
     def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
+        self.require_image_tower()
         if pixels.dim() != 5:
             raise ModelError(f"CLIP-ViP encodes [B, T, 3, H, W] clips, got a tensor of shape {tuple(pixels.shape)}")
         weight = self.clipmodel.visual_projection.weight  # the model's device and (possibly cast) dtype
@@ -370,21 +371,24 @@ class ClipVipEncoder(VideoEncoder):
         return float(self.clipmodel.logit_scale.detach().float().exp())
 
 
-def load_checkpoint(encoder: ClipVipEncoder, path: str) -> None:
+def load_checkpoint(encoder: ClipVipEncoder, path: str, skip: tuple[str, ...] = ()) -> None:
     """Load an official ``VidCLIP`` state dict (``clipmodel.`` keys; fp32 or the fp16 of apex O2 runs, copied
     into the fp32 model; the stored logit_scale kept). ``position_ids`` buffers, which newer HF versions do
-    not save, are filled with their fixed values."""
+    not save, are filled with their fixed values. Keys under the ``skip`` prefixes (a tower dropped next)
+    are left out."""
     state = strip_prefix(read_state_dict(path), "module.")
     if not any(k.startswith(PREFIX) for k in state):
         state = {PREFIX + k: v for k, v in state.items()}  # a bare CLIPModel state dict
     own = encoder.state_dict()
     for key in (k for k in own if k.endswith("position_ids") and k not in state):
         state[key] = own[key]
-    load_strict(encoder, state, source=path)
+    load_strict(encoder, state, source=path, skip=skip)
 
 
-def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = None, **options: Any) -> ClipVipEncoder:
-    """A CLIP-ViP encoder from a registry spec; ``pretrained`` is an official checkpoint path or ``"none"``.
+def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = None, without: str | None = None,
+          **options: Any) -> ClipVipEncoder:
+    """A CLIP-ViP encoder from a registry spec; ``pretrained`` is an official checkpoint path or ``"none"``;
+    ``without``: ``"text"`` or ``"image"``, the tower to drop (and not to load).
 
     Options: ``architecture`` (as recorded in an identity; a rebuild whose resolved architecture differs
     is refused)."""
@@ -403,8 +407,11 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
         options={"config_path": config_path, "architecture": config.as_official()},
     )
     if pretrained == "none":
-        return ClipVipEncoder(config, identity).eval()
-    with no_random_init():  # load_checkpoint loads every weight strictly
         encoder = ClipVipEncoder(config, identity)
-    load_checkpoint(encoder, pretrained)
+    else:
+        with no_random_init():  # load_checkpoint loads every weight strictly
+            encoder = ClipVipEncoder(config, identity)
+        load_checkpoint(encoder, pretrained, encoder.tower_prefixes(without) if without else ())
+    if without:
+        encoder.drop_tower(without)
     return encoder.eval()

@@ -45,17 +45,25 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+#: ``load_model(towers=...)`` -> the tower left out
+WITHOUT = {"both": None, "image": "text", "text": "image"}
+
+
 def load_model(name: str, pretrained: str | None = None, config: str | None = None, device: str = "cpu",
-               precision: str = "fp32", **options: Any) -> VideoEncoder:
+               precision: str = "fp32", towers: str = "both", **options: Any) -> VideoEncoder:
     """Build the model ``name`` with weights ``pretrained`` (tag, path or "none") on ``device``.
 
     ``config``: an architecture file (open_clip JSON for CLIP; official config for video families).
+    ``towers``: ``"image"`` for extraction, ``"text"`` for evaluation: the other tower is dropped, and a
+    weight file's load leaves it out (ViT-L/14: 70% of the weights are the image tower's, 30% the text's).
     Family options (``clip_weights``, ``patching_ratio``, ``wise_with``, ``alpha``) pass through.
     """
+    if towers not in WITHOUT:
+        raise ValueError(f"towers must be one of {sorted(WITHOUT)}, not {towers!r}")
     with torch.random.fork_rng(devices=[]):
         if pretrained == "none":
             torch.manual_seed(0)  # random weights are reproducible, so evaluation rebuilds the same text tower
-        encoder = _build(name, pretrained, config, options)
+        encoder = _build(name, pretrained, config, options, WITHOUT[towers])
     if config is not None:  # evaluation must rebuild the same architecture from the store's attributes
         encoder.identity.options.setdefault("model_config", str(config))
     target = resolve_device(device)
@@ -99,7 +107,7 @@ def input_guess(name: str, config: str | None = None) -> InputGuess | None:
     return None if size is None else InputGuess(size, "bicubic", frame_level=True)
 
 
-def _build(name: str, pretrained: str | None, config: str | None, options: dict[str, Any]) -> VideoEncoder:
+def _build(name: str, pretrained: str | None, config: str | None, options: dict[str, Any], without: str | None) -> VideoEncoder:
     spec = get_spec(name)
     options = {k: v for k, v in options.items() if v is not None}
     if spec is None:
@@ -110,7 +118,7 @@ def _build(name: str, pretrained: str | None, config: str | None, options: dict[
         unknown = set(options) - {"wise_with", "alpha", "cache_dir"}
         if unknown:
             raise InputError(f"Option(s) {sorted(unknown)} do not apply to CLIP model {name}.")
-        encoder: VideoEncoder = clip.build(name, pretrained, config_path=config, **options)
+        encoder: VideoEncoder = clip.build(name, pretrained, config_path=config, without=without, **options)
     else:
         family = FAMILIES.get(spec["family"])
         if family is None:
@@ -118,5 +126,5 @@ def _build(name: str, pretrained: str | None, config: str | None, options: dict[
         if pretrained is None:
             raise ModelError(f"{name} needs --pretrained: a checkpoint file ({spec.get('weights', 'see vfeat models')}) or 'none'.")
         module = importlib.import_module(family)
-        encoder = module.build(spec, pretrained, config_path=config, **options)
+        encoder = module.build(spec, pretrained, config_path=config, without=without, **options)
     return encoder

@@ -255,6 +255,7 @@ class OpenVClipEncoder(VideoEncoder):
         self.class_token_only = class_token.switched_on()
 
     def encode_video(self, pixels: torch.Tensor) -> VideoEmbeddings:
+        self.require_image_tower()
         if pixels.dim() != 5:
             raise ModelError(f"Open-VCLIP encodes [B, T, 3, H, W] clips, got a tensor of shape {tuple(pixels.shape)}")
         b, t = pixels.shape[:2]
@@ -281,8 +282,10 @@ def _openai_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return drop_archive_extras(strip_prefix(strip_prefix(state, "module."), PREFIX))
 
 
-def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = None, **options: Any) -> OpenVClipEncoder:
-    """An Open-VCLIP encoder from a registry spec; ``pretrained`` is a fine-tuned checkpoint path or ``"none"``.
+def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = None, without: str | None = None,
+          **options: Any) -> OpenVClipEncoder:
+    """An Open-VCLIP encoder from a registry spec; ``pretrained`` is a fine-tuned checkpoint path or ``"none"``;
+    ``without``: ``"text"`` or ``"image"``, the tower to drop (and not to load).
 
     Options: ``clip_weights`` (the original CLIP: OpenAI archive, ``{"model_state": ...}`` or a state dict),
     ``patching_ratio`` r in [0, 1] (weight of the original CLIP, as ``TEST.PATCHING_RATIO``), and the records
@@ -325,8 +328,12 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
         },
     )
     if state is None:
-        return OpenVClipEncoder(config, identity).eval()
-    with no_random_init():  # every weight is loaded strictly next
         encoder = OpenVClipEncoder(config, identity)
-    load_strict(encoder, {PREFIX + k: v for k, v in state.items()}, source=str(pretrained))
+    else:
+        with no_random_init():  # every weight is loaded strictly next
+            encoder = OpenVClipEncoder(config, identity)
+        skip = encoder.tower_prefixes(without) if without else ()
+        load_strict(encoder, {PREFIX + k: v for k, v in state.items()}, source=str(pretrained), skip=skip)
+    if without:
+        encoder.drop_tower(without)
     return encoder.eval()

@@ -13,7 +13,7 @@ import hashlib
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -147,10 +147,17 @@ def drop_archive_extras(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     return {k: v for k, v in state_dict.items() if k not in OPENAI_ARCHIVE_EXTRAS}
 
 
-def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
+                skip: Sequence[str] = ()) -> None:
     """``load_state_dict(strict=True)`` with a message that names the missing, unexpected and misshapen
-    keys (a few of each) and the file they came from."""
-    own = module.state_dict()
+    keys (a few of each) and the file they came from. Keys under a ``skip`` prefix (a tower the caller drops
+    next) are neither loaded nor required, in the module or the file; every other key is, strictly."""
+
+    def skipped(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in skip)
+
+    own = {k: v for k, v in module.state_dict().items() if not skipped(k)}
+    state_dict = {k: v for k, v in state_dict.items() if not skipped(k)}
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     misshapen = [
@@ -165,8 +172,8 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
                 shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise ModelError(f"{source}: weights do not fit the architecture; " + "; ".join(parts))
-    with torch.no_grad():
-        module.load_state_dict({k: v for k, v in state_dict.items()}, strict=True)
+    with torch.no_grad():  # not strict only about the skipped keys: every other one was checked above
+        module.load_state_dict(state_dict, strict=not skip)
 
 
 def interpolate_state_dicts(
