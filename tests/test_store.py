@@ -304,6 +304,33 @@ def test_export_unknown_format(stores, tmp_path):
     assert "Invalid --to (csv). Choose from: npy, pickle." in result.output
 
 
+def test_export_stays_under_the_destination(stores, tmp_path):
+    """Ids from a file list may be absolute or climb with '..': their files still land under the destination
+    (the leading '/' dropped, '..' as '__'), and ids that would share files are refused before any is written."""
+    from vfeat.store.export import export_places
+    from vfeat.store.format import VideoRecord
+    from vfeat.store.writer import ShardWriter
+
+    with vfeat.open_store(str(stores[".zarr"])) as store:
+        attrs = dict(store.attrs)
+    dim = int(attrs["embed_dim"])
+    info = {"fps": 25.0, "duration_s": 1.0, "width": 64, "height": 48, "num_frames": 25, "start_time_s": 0.0, "rotation": 0}
+    ids = [f"{tmp_path}/outside/abs.mp4", "../up/rel.mp4", "./here.mp4"]
+    store_path = tmp_path / "ids.zarr"
+    with ShardWriter(str(store_path), attrs) as writer:
+        for n, video_id in enumerate(ids):
+            writer.add(VideoRecord(video_id, video_id, info, np.full((2, dim), n, np.float32), np.array([0.0, 500.0])))
+    dest = tmp_path / "dest"
+    result = runner.invoke(app, ["export", str(store_path), str(dest), "--to", "pickle"])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.pkl"))
+    assert written == sorted(f"dest/{rel}" for rel in (f"{str(tmp_path).lstrip('/')}/outside/abs.pkl", "__/up/rel.pkl", "here.pkl"))
+    with open(dest / "__" / "up" / "rel.pkl", "rb") as handle:
+        assert np.array_equal(pickle.load(handle)["clip"], np.full((2, dim), 1, np.float32))
+    with pytest.raises(vfeat.InputError, match="'a/b.mp4' and 'a/b.mkv' would be exported to the same files"):
+        export_places(["a/b.mp4", "a/c.mp4", "a/b.mkv"])
+
+
 def test_table_clip_count_and_export_of_a_clip_store_across_shards(stores, tmp_path):
     """``videos()``, ``vfeat info``'s clip count and ``vfeat export`` read whole columns and large row ranges
     (a read per video and column took 4.8 minutes for 20,000 videos). Checked against the records written:
