@@ -181,6 +181,13 @@ def test_offline_tag_without_cache_is_one_clear_error(tmp_path, small_video):
     (["--fps", "0"], "Invalid --fps (0.0). It must be > 0."),
     (["--fps", "1", "--num-frames", "4"], "Choose one sampling mode, not --fps and --num-frames."),
     (["--batch-size", "0"], "Invalid --batch-size (0). It must be >= 1."),
+    # flags that another flag gives a meaning are refused without it, not silently ignored
+    (["--alpha", "0.5"], "--alpha only applies with --wise-with"),
+    (["--hwaccel-workers", "2"], "--hwaccel-workers only applies with --hwaccel cuda."),
+    (["--address", "auto", "--ray-workers", "2"], "--address, --ray-workers only apply with --engine ray."),
+    (["--shard-size", "5"], "--shard-size only applies with --engine ray."),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker only applies with --engine ray."),
+    (["--clip-weights", "x.pt"], "--clip-weights only applies with --patching-ratio above 0"),
 ])
 def test_bad_flags_exit_2_with_the_message(tmp_path, tiny_model, small_video, flags, message):
     store = tmp_path / "never.zarr"

@@ -81,6 +81,23 @@ def store_attrs(encoder: VideoEncoder, plan: SamplingPlan, storage_dtype: str) -
     }
 
 
+def _refuse_unused_flags(engine: str, address: str | None, gpus_per_worker: float, shard_size: int,
+                         ray_workers: int | None, hwaccel: str | None, hwaccel_workers: int | None,
+                         model_options: dict[str, Any]) -> None:
+    """A flag that only another flag gives a meaning is an error without it, not silently nothing."""
+    ray_only = {"--address": address is not None, "--gpus-per-worker": gpus_per_worker != 0.0,
+                "--shard-size": shard_size != 1000, "--ray-workers": ray_workers is not None}
+    given = [flag for flag, set_ in ray_only.items() if set_]
+    if engine != "ray" and given:
+        raise InputError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --engine ray.")
+    if hwaccel_workers is not None and hwaccel is None:
+        raise InputError("--hwaccel-workers only applies with --hwaccel cuda.")
+    if model_options.get("alpha") is not None and model_options.get("wise_with") is None:
+        raise InputError("--alpha only applies with --wise-with (the checkpoint to interpolate with).")
+    if model_options.get("clip_weights") is not None and not model_options.get("patching_ratio"):
+        raise InputError("--clip-weights only applies with --patching-ratio above 0 (Open-VCLIP weight patching).")
+
+
 def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: str | None = None, *,
             fps: float | None = None, num_frames: int | None = None, clips: int | None = None,
             clip_len: int | None = None, stride: int | None = None, file_list: str | None = None,
@@ -115,6 +132,7 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     if hwaccel_workers is not None and hwaccel_workers < 0:
         raise InputError(f"Invalid --hwaccel-workers ({hwaccel_workers}). It must be >= 0.")
     hwaccel = None if hwaccel in (None, "", "none") else hwaccel
+    _refuse_unused_flags(engine, address, gpus_per_worker, shard_size, ray_workers, hwaccel, hwaccel_workers, model_options)
     if hwaccel is not None:
         if engine == "ray":
             raise InputError("--hwaccel is not supported with --engine ray: decode on the CPU there.")
