@@ -170,3 +170,16 @@ def test_pretrained_tag_loads_from_the_hub_cache_offline(tmp_path):
     np.testing.assert_array_equal(tag_group["timestamps_ms"][:], file_group["timestamps_ms"][:])
     assert tag_group["features"].shape == (2, 512)
     np.testing.assert_array_equal(tag_group["features"][:], file_group["features"][:])
+
+
+def test_a_weight_file_load_does_not_warn_of_random_weights(tiny_model, caplog):
+    """open_clip logs "initialized randomly" for the model vfeat builds before loading a file into it; a Python
+    caller must not see that false warning (the random-weight model, pretrained='none', still says so)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        vfeat.load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config)
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        vfeat.load_model(tiny_model.name, "none", config=tiny_model.config)
+    assert [r for r in caplog.records if "initialized randomly" in r.getMessage()]

@@ -6,12 +6,14 @@ many videos together, and a clip's embedding is the mean of its frames' embeddin
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -138,7 +140,7 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
     elif is_file:
         with ThreadPoolExecutor(max_workers=1) as pool:
             checksum = pool.submit(sha256_file, pretrained)  # read beside the load: hashlib releases the GIL
-            with no_random_init():  # _load_file loads every weight strictly
+            with no_random_init(), _without_random_init_warning():  # _load_file loads every weight strictly
                 model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
             # the tower dropped below is not loaded at all (a WiSE mix needs every weight of both files)
             skip = tuple(tower_parts(model, without)) if without and wise_with is None else ()
@@ -170,6 +172,23 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
     if without:
         encoder.drop_tower(without)
     return encoder
+
+
+class _RandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    """open_clip warns on the root logger that a model built without a tag is "initialized randomly"; not so
+    when vfeat loads a weight file into it next, and a Python caller would see the false warning."""
+    quiet = _RandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 def _persistent_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
