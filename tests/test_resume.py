@@ -377,3 +377,50 @@ def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_run(tmp_path, tiny_mo
     assert summary.videos_skipped == 2
     assert [p for p in leftovers if p.exists()] == []
     assert not journal.exists()
+
+
+def test_decode_processes_of_a_killed_run_end_quietly(tmp_path, tiny_model, kill_corpus):
+    """``kill -9`` of the run alone (not its process group) orphans its decode processes: they see the
+    connection end and exit, without a traceback on the user's terminal."""
+    store = tmp_path / "orphans.zarr"
+    stderr_path = tmp_path / "stderr.txt"
+    code = "import sys; from vfeat.cli import main; sys.argv[0] = 'vfeat'; main()"
+    args = ["extract", str(kill_corpus), "--fps", "25", "--workers", "2", "--batch-size", "1", "--no-progress",
+            "--out", str(store), *tiny_model.cli_args()]
+    with open(stderr_path, "w") as stderr:
+        run = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=stderr,
+                               start_new_session=True)
+    try:
+        def children() -> list[int]:  # started by any thread of the run
+            found = []
+            for task in Path(f"/proc/{run.pid}/task").glob("*"):
+                try:
+                    found += [int(pid) for pid in (task / "children").read_text().split()]
+                except FileNotFoundError:
+                    pass
+            return found
+
+        assert wait_for(lambda: len(children()) >= 2 and store.exists(), timeout=120), stderr_path.read_text()
+        orphans = children()
+        assert run.poll() is None
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+
+        def all_gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in orphans)
+
+        assert wait_for(all_gone, timeout=60, poll=0.1), "decode processes outlived the run"
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert committed(store) < 8  # the kill interrupted work
+    assert "Traceback" not in stderr_path.read_text(), stderr_path.read_text()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"

@@ -157,7 +157,7 @@ def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_cl
                         frame_credits.acquire()
                 outbox.put(message)
         outbox.put(("exit", frame_credits.waited_s))
-    except EOFError:  # the model process is gone (killed): nobody is left to decode for
+    except (EOFError, ConnectionError):  # the model process is gone (killed): nobody is left to decode for
         pass
     finally:
         outbox.close()
