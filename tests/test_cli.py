@@ -258,3 +258,32 @@ def test_summary_says_what_each_side_waited_for_with_decode_processes(tmp_path, 
     assert re.search(r"model waiting for frames \d+\.\d s, decoders waiting for the model \d+\.\d s", times), times
     timings = json.loads(summary.read_text())["timings"]
     assert timings["decoders_held_s"] >= 0 and timings["decode_wait_s"] > 0  # the process's start-up, at least
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_progress_line_fits_the_terminal(width):
+    """The count done / total, frames/s, videos/s and the ETA stay readable on an 80-column terminal (the long
+    line, with the speed against real time and the elapsed time, is kept for wide ones)."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from vfeat.pipeline import RunStats
+    from vfeat.progress import ExtractProgress
+
+    buffer = io.StringIO()
+    bar = ExtractProgress(console=Console(file=buffer, width=width, force_terminal=True, color_system=None))
+    bar.on_start(12345, 0)
+    bar.started -= 2.0  # a GPU machine's rates: 6,000 frames/s, 600 one-second clips a second
+    stats = RunStats()
+    stats.videos_ok, stats.frames, stats.video_seconds = 1234, 12000, 1234.0
+    bar.on_progress(stats, 10)
+    bar.progress.refresh()
+    bar.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue())
+    line = [row for row in text.replace("\r", "\n").splitlines() if row.strip()][-1]
+    assert len(line.rstrip()) <= width and "…" not in line, line
+    assert re.search(r"1234/12345 videos 6\d{3} frames/s 6\d\d videos/s", line) and "ETA" in line, line
+    assert ("x real time" in line) == (width >= ExtractProgress.WIDE), line
+    assert bar.done == 1234 and bar.todo == 12345

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -424,3 +425,46 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
         return "Z"
+
+
+@pytest.fixture(scope="module")
+def interrupt_corpus(tmp_path_factory) -> Path:
+    """Enough frames (30 clips of 4 s, every frame) that a run is still working when it is interrupted."""
+    folder = tmp_path_factory.mktemp("interrupt") / "videos"
+    for i in range(30):
+        make_video(folder, f"v{i:02d}.mp4", 4.0, 25, (160, 120), source=["testsrc2", "smptebars"][i % 2])
+    return folder
+
+
+def test_ctrl_c_says_what_is_kept_once_and_the_rerun_resumes(tmp_path, tiny_model, interrupt_corpus):
+    """Ctrl-C in a terminal signals the whole process group: one line says how far the run got and how to
+    resume (no traceback from any decode process), exit 130, no process left; the same command then stores
+    the rest, and only the rest."""
+    store = tmp_path / "interrupted.zarr"
+    code = "import sys; from vfeat.cli import main; sys.argv[0] = 'vfeat'; main()"
+    args = ["extract", str(interrupt_corpus), "--fps", "25", "--workers", "2", "--batch-size", "1", "--no-progress",
+            "--out", str(store), *tiny_model.cli_args()]
+    run = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        assert wait_for(lambda: store.exists(), timeout=120)
+        time.sleep(1.5)  # into the work, once the run knows how much there is
+        assert run.poll() is None
+        os.killpg(run.pid, signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+        assert wait_for(lambda: subprocess.run(["pgrep", "-g", str(run.pid)], capture_output=True).returncode == 1,
+                        timeout=30, poll=0.1), "processes left after Ctrl-C"
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert run.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"vfeat: interrupted after (\d+) of 30 videos; what was written is kept in "
+                                            + re.escape(str(store)) + ": run the same command again to resume.", lines[0]), stderr
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    done = re.search(r"(\d+) stored, 0 failed, (\d+) already in the store", rerun.output)
+    assert done and int(done[1]) >= 1 and int(done[1]) + int(done[2]) == 30, rerun.output
+    assert int(re.search(r"after (\d+) of", lines[0])[1]) <= int(done[2])  # what the line said was done is kept

@@ -108,6 +108,12 @@ def extract(
         bar.close()
         _fail(exc)
         return
+    except KeyboardInterrupt:
+        bar.close()
+        progress_so_far = f" after {bar.done} of {bar.todo} videos" if bar.todo else ""
+        err.print(f"vfeat: interrupted{progress_so_far}; what was written is kept in {out}: run the same command "
+                  "again to resume.", markup=False, highlight=False)
+        raise typer.Exit(130) from None
     bar.close()
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     speed = f", {summary.video_seconds / summary.seconds:.1f}x real time" if summary.seconds > 0 and summary.video_seconds else ""

@@ -131,9 +131,12 @@ def worker_main(jobs: Any, conn: Any, plan: SamplingPlan, resize: Resize, one_cl
     instead of the CPU. ``threads``: FFmpeg decoding threads of this worker (its share of the cores),
     unless the user set ``VFEAT_DECODE_THREADS`` (0: FFmpeg's default, a thread per core)."""
     import os
+    import signal
 
     from vfeat._log import show_warnings
 
+    # Ctrl-C reaches the whole process group: the model process stops its decode processes and says so once
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     show_warnings()  # a spawned process has no logging set up: its warnings would be bare lines
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # read by vfeat.decode, in this process only
