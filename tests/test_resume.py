@@ -138,6 +138,32 @@ def test_other_settings_are_refused_and_the_store_is_untouched(tmp_path, tiny_mo
     assert tree_digest(store) == before
 
 
+def test_the_same_weights_by_another_path_resume_and_paths_are_recorded_absolute(tmp_path, tiny_model, folder, monkeypatch):
+    """Weights are the same model by their sha256, whatever path names them: a relative path, then a symlink
+    from another folder, resume the store (another file is still refused, above). The store records the
+    absolute path, so evaluation finds the weights from any folder."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    Path(work / "w.pt").write_bytes(Path(tiny_model.state_dict).read_bytes())
+    (elsewhere / "link.pt").symlink_to(work / "w.pt")
+    (work / "tiny.json").write_text(Path(tiny_model.config).read_text())
+    store = tmp_path / "s.zarr"
+    args = ["extract", "--out", str(store), "--workers", "0", "--no-progress", "--fps", "2", "--model", tiny_model.name]
+    monkeypatch.chdir(work)
+    first = runner.invoke(app, [*args, str(folder / "a.mp4"), "--pretrained", "w.pt", "--model-config", "tiny.json"])
+    assert first.exit_code == 0, first.output
+    with vfeat.open_store(str(store)) as opened:
+        model = opened.attrs["model"]
+    assert model["pretrained"] == str(work / "w.pt") and model["options"]["model_config"] == str(work / "tiny.json")
+    monkeypatch.chdir(elsewhere)
+    second = runner.invoke(app, [*args, str(folder / "sub" / "b.mp4"), "--pretrained", "link.pt", "--model-config",
+                                 str(work / "tiny.json")])
+    assert second.exit_code == 0, second.output
+    assert plain_rows(store)["ids"] == ["a.mp4", "b.mp4"]
+    found = runner.invoke(app, ["search", "--features", str(store), "a test pattern", "--top", "1"])
+    assert found.exit_code == 0, found.output
+
+
 def test_other_sampling_through_the_cli_exits_2(tmp_path, tiny_model, folder):
     store = tmp_path / "s.zarr"
     args = ["extract", str(folder), "--out", str(store), "--workers", "0", "--no-progress", *tiny_model.cli_args()]

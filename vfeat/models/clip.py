@@ -22,7 +22,7 @@ from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoE
 from vfeat.models.class_token import class_token_only, image_embedding
 from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
 from vfeat.models.weights import (drop_archive_extras, interpolate_state_dicts, load_strict, no_random_init, read_state_dict,
-                                  sha256_file, strip_prefix)
+                                  recorded_path, sha256_file, strip_prefix)
 
 RANDOM = "none"
 
@@ -154,7 +154,7 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         second = _file_state_dict(wise_with)
         mixed = interpolate_state_dicts(_persistent_state(model), second, alpha, source=f"--wise-with {wise_with}")
         load_strict(model, mixed, wise_with)
-        identity_options.update({"wise_with": str(wise_with), "wise_sha256": sha256_file(wise_with), "alpha": float(alpha)})
+        identity_options.update({"wise_with": recorded_path(str(wise_with)), "wise_sha256": sha256_file(wise_with), "alpha": float(alpha)})
     model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size", 224)
@@ -166,8 +166,9 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         resize_mode=str(cfg.get("resize_mode", "shortest")),
     )
     if config_path:
-        identity_options["model_config"] = str(config_path)
-    identity = ModelIdentity(name=name, pretrained=str(pretrained), checkpoint_sha256=checkpoint_sha, options=identity_options)
+        identity_options["model_config"] = recorded_path(str(config_path))
+    recorded = recorded_path(str(pretrained)) if is_file else str(pretrained)
+    identity = ModelIdentity(name=name, pretrained=recorded, checkpoint_sha256=checkpoint_sha, options=identity_options)
     encoder = ClipEncoder(model, open_clip.get_tokenizer(arch), preprocess, identity)
     if without:
         encoder.drop_tower(without)

@@ -35,7 +35,7 @@ from vfeat.models._layers import (
     weight_sha256,
 )
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
-from vfeat.models.weights import load_strict, no_random_init, read_state_dict, strip_prefix
+from vfeat.models.weights import load_strict, no_random_init, read_state_dict, recorded_path, strip_prefix
 
 PREFIX = "clipmodel."
 
@@ -402,9 +402,9 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
         sha = weight_sha256(pretrained, spec)
     identity = ModelIdentity(
         name=spec["name"],
-        pretrained=pretrained,
+        pretrained=recorded_path(pretrained),
         checkpoint_sha256=sha,
-        options={"config_path": config_path, "architecture": config.as_official()},
+        options={"config_path": recorded_path(config_path), "architecture": config.as_official()},
     )
     if pretrained == "none":
         encoder = ClipVipEncoder(config, identity)

@@ -10,6 +10,7 @@ import torch
 from vfeat.errors import InputError, ModelError
 from vfeat.models.base import VideoEncoder
 from vfeat.models.registry import check_name, get_spec
+from vfeat.models.weights import recorded_path
 
 #: Registry ``family`` -> module with ``build(spec, pretrained, config_path=None, **options)`` and
 #: ``input_size(spec_architecture, config_path)``.
@@ -65,7 +66,7 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
             torch.manual_seed(0)  # random weights are reproducible, so evaluation rebuilds the same text tower
         encoder = _build(name, pretrained, config, options, WITHOUT[towers])
     if config is not None:  # evaluation must rebuild the same architecture from the store's attributes
-        encoder.identity.options.setdefault("model_config", str(config))
+        encoder.identity.options.setdefault("model_config", recorded_path(str(config)))
     target = resolve_device(device)
     dtype = resolve_precision(precision, target)
     encoder = encoder.to(target).eval()

@@ -36,7 +36,7 @@ from vfeat.models._layers import (
     weight_sha256,
 )
 from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
-from vfeat.models.weights import drop_archive_extras, load_strict, no_random_init, read_state_dict, strip_prefix
+from vfeat.models.weights import drop_archive_extras, load_strict, no_random_init, read_state_dict, recorded_path, strip_prefix
 
 PREFIX = "model."
 TEMPORAL_MODELING = "expand_temporal_view"
@@ -317,13 +317,13 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
     check_expected("architecture", options.get("architecture"), asdict(config), name)
     identity = ModelIdentity(
         name=spec["name"],
-        pretrained=pretrained,
+        pretrained=recorded_path(pretrained),
         checkpoint_sha256=sha,
         options={
-            "config_path": config_path,
+            "config_path": recorded_path(config_path),
             "architecture": asdict(config),
             "patching_ratio": ratio,
-            "clip_weights": clip_weights if ratio > 0 else None,
+            "clip_weights": recorded_path(clip_weights) if ratio > 0 else None,
             "clip_weights_sha256": clip_sha,
         },
     )

@@ -47,6 +47,14 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return _hashed[key]
 
 
+def recorded_path(path: str | None) -> str | None:
+    """A local file as a store records it: absolute, so that evaluation finds it from any folder (``./b32.pt``
+    means nothing elsewhere). Tags, URLs, ``"none"`` and ``None`` are kept as they are."""
+    if path is None or path == "none" or "://" in str(path) or not os.path.exists(path):
+        return path
+    return os.path.abspath(path)
+
+
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
     """TorchScript archives are zip files with a ``code/`` folder (plain ``torch.save`` zips have none)."""
     try:

@@ -76,3 +76,18 @@ def shard_kind(path: str) -> str | None:
         if lowered.endswith(suffix):
             return kind
     return None
+
+
+def comparable_setting(key: str, value: Any) -> Any:
+    """The part of a store setting that must be the same: for a model read from weight files, their sha256,
+    not the paths they were read from (the same file by a symlink, a relative path or a new folder is the same
+    model); the files fix the architecture's shapes, so a configuration file's path goes too."""
+    if key != "model" or not isinstance(value, dict) or not value.get("checkpoint_sha256"):
+        return value
+    options = dict(value.get("options") or {})
+    for path_key, sha_key in (("wise_with", "wise_sha256"), ("clip_weights", "clip_weights_sha256")):
+        if options.get(sha_key):
+            options.pop(path_key, None)
+    for path_key in ("model_config", "config_path"):
+        options.pop(path_key, None)
+    return {**{k: v for k, v in value.items() if k != "pretrained"}, "options": options}
