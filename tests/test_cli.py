@@ -90,6 +90,11 @@ def failed_run(tmp_path_factory, tiny_model, small_video):
     data = small_video.read_bytes()
     (folder / "half.mp4").write_bytes(data[: len(data) * 30 // 100])
     run_ffmpeg(["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", folder / "beep.mp4"])
+    # cut short after a sample table written first (faststart): the index lists 100 frames, the file holds ~half
+    run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=4", "-pix_fmt", "yuv420p", "-c:v", "libx264",
+                "-movflags", "+faststart", d / "whole.mp4"])
+    whole = (d / "whole.mp4").read_bytes()
+    (folder / "cut.mp4").write_bytes(whole[: len(whole) // 2])
     missing = d / "gone.mp4"
     store = d / "s.zarr"
     summary = d / "summary.json"
@@ -97,7 +102,7 @@ def failed_run(tmp_path_factory, tiny_model, small_video):
                            "--no-progress", "--json", str(summary), *tiny_model.cli_args()],
                           capture_output=True, text=True, timeout=120)
     bad = {"zero.mp4": folder / "zero.mp4", "letter.mp4": folder / "letter.mp4", "half.mp4": folder / "half.mp4",
-           "beep.mp4": folder / "beep.mp4", "gone.mp4": missing}
+           "beep.mp4": folder / "beep.mp4", "cut.mp4": folder / "cut.mp4", "gone.mp4": missing}
     return {"proc": proc, "store": store, "summary": summary, "bad": bad}
 
 
@@ -106,19 +111,21 @@ def test_bad_inputs_exit_1_with_one_line_each(failed_run):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("vfeat: skipped ")]
-    assert len(skipped) == 5, proc.stderr
+    assert len(skipped) == 6, proc.stderr
     for name, path in failed_run["bad"].items():
         lines = [line for line in skipped if line.startswith(f"vfeat: skipped {path}: ")]
         assert len(lines) == 1, (name, proc.stderr)
         assert len(lines[0]) > len(f"vfeat: skipped {path}: ")  # a reason follows the file name
     assert any(line.startswith(f"vfeat: skipped {failed_run['bad']['gone.mp4']}: file not found") for line in skipped)
     assert any(line.startswith(f"vfeat: skipped {failed_run['bad']['beep.mp4']}: no video stream") for line in skipped)
-    assert "1 stored, 5 failed, 0 already in the store" in one_line(proc.stdout)
+    assert any(re.match(rf"vfeat: skipped {re.escape(str(failed_run['bad']['cut.mp4']))}: truncated: the container lists "
+                        r"100 frames \(4\.00 s\) but the file holds only [1-9]\d?$", line) for line in skipped), proc.stderr
+    assert "1 stored, 6 failed, 0 already in the store" in one_line(proc.stdout)
 
 
 def test_summary_json(failed_run):
     summary = json.loads(failed_run["summary"].read_text())
-    assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (6, 1, 5)
+    assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (7, 1, 6)
     assert sorted(f["path"] for f in summary["failures"]) == sorted(str(p) for p in failed_run["bad"].values())
     # the one stored video is 25 frames at 25 fps: 1 s of video, and the summary line says how fast against that
     assert summary["video_seconds"] == pytest.approx(1.0, abs=1e-6)
@@ -145,7 +152,7 @@ def test_info_table(failed_run):
     result = runner.invoke(app, ["info", str(failed_run["store"])], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     text = result.output
-    assert re.search(r"videos\s+│?\s*1\b", text) and re.search(r"failures\s+│?\s*5\b", text)
+    assert re.search(r"videos\s+│?\s*1\b", text) and re.search(r"failures\s+│?\s*6\b", text)
     assert "vfeat-tiny-vit" in text
     for path in failed_run["bad"].values():
         assert f"failed: {path}: " in text

@@ -191,10 +191,12 @@ def probe(path: str) -> Probe:
         first_shown: int | None = None  # pts of the first picture the decoder outputs
         starts_with_key: bool | None = None
         classifier = PacketClassifier(stream)
+        packets_read = 0
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
                     continue  # flush packet
+                packets_read += 1
                 if starts_with_key is None:
                     starts_with_key = bool(packet.is_keyframe)
                 if rotation is None:  # hidden frames too: the decoder needs them as references
@@ -211,6 +213,7 @@ def probe(path: str) -> Probe:
                 raise DecodeError(f"{path}: cannot read packets ({exc.strerror or exc})") from None
         if not pts_list:
             raise DecodeError(f"{path}: video stream has no frames (empty or truncated)")
+        _refuse_truncated(path, container, stream, packets_read)
         pts = np.unique(np.asarray(pts_list, dtype=np.int64))
         if not starts_with_key and first_shown is not None and (pts >= first_shown).any():
             # a stream cut mid-GOP (a recording or segment that starts between keyframes): what comes before
@@ -222,6 +225,17 @@ def probe(path: str) -> Probe:
     first = pts[0]
     seconds = (pts - first).astype(np.float64) * float(time_base)
     return Probe(info, seconds, pts, classifier.result())
+
+
+def _refuse_truncated(path: str, container, stream, packets_read: int) -> None:
+    """An MP4/MOV file cut short whose sample table (at its start: "faststart") still lists every frame: the
+    packets stop early without an error, and what could be read would be stored as if it were the whole
+    video. Only there is the count exact (AVI headers may be wrong, Matroska and MPEG-TS do not say)."""
+    listed = int(stream.frames or 0)
+    if "mov" in container.format.name and listed and packets_read < listed:
+        declared = f" ({float(stream.duration * stream.time_base):.2f} s)" if stream.duration else ""
+        raise DecodeError(f"{path}: truncated: the container lists {listed} frames{declared} but the file holds "
+                          f"only {packets_read}")
 
 
 def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rotation: int) -> VideoInfo:
