@@ -69,6 +69,17 @@ def test_models_prints_whole_weight_links_on_a_narrow_terminal():
         assert "https://github.com/wengzejia1/Open-VCLIP" in line and "…" not in line
 
 
+def test_version_and_a_pattern_that_matches_no_model():
+    from vfeat import __version__
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"vfeat {__version__}"
+    nothing = runner.invoke(app, ["models", "zzz*"])
+    assert nothing.exit_code == 2
+    assert one_line(nothing.output) == ("vfeat: error: no model name matches 'zzz*' (quote a pattern, e.g. 'ViT-B*'; "
+                                        "`vfeat models` lists them all)")
+
+
 def test_models_pattern_filters():
     result = runner.invoke(app, ["models", "RN50*", "--json"])
     names = [row["name"] for row in json.loads(result.output)]

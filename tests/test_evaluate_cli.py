@@ -834,11 +834,12 @@ def test_cached_texts_need_neither_the_model_nor_its_weights(tmp_path, model):
 
     code, torch_imported, output = evaluate_in_a_fresh_process(
         cache, "--features", store, "--classes", classes, "--templates", templates, "--json", out[0])
-    assert code == 0 and torch_imported, output  # the first run embeds the prompts
+    assert code == 0 and torch_imported, output  # the first run embeds the prompts, and says so
+    assert f"vfeat: embedding {len(CUSTOM) * len(CUSTOM_TEMPLATES)} text(s) with the text tower of {ARCH}" in output
     weights.unlink()
     code, torch_imported, output = evaluate_in_a_fresh_process(
         cache, "--features", store, "--classes", classes, "--templates", templates, "--json", out[1])
-    assert code == 0 and not torch_imported, output
+    assert code == 0 and not torch_imported and "embedding" not in output, output
     first, second = (json.loads(p.read_text())[0]["metrics"] for p in out[:2])
     assert second == first
     assert_metrics(second, want)

@@ -31,6 +31,20 @@ err = Console(stderr=True, soft_wrap=True)
 TIMING_LABELS = {"decode_wait_s": "model waiting for frames", "decoders_held_s": "decoders waiting for the model"}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from vfeat import __version__
+
+        console.print(f"vfeat {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print vfeat's version and exit.")) -> None:
+    """vfeat: videos to per-frame CLIP embeddings on disk, and zero-shot evaluation from that cache."""
+
+
 def _fail(exc: Exception) -> None:
     err.print(f"vfeat: error: {exc}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -39,6 +53,11 @@ def _fail(exc: Exception) -> None:
 def _quiet_libraries() -> None:
     logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs "random init" warnings on the root logger
     show_warnings()  # vfeat's own still reach stderr
+
+
+def _say_when_texts_are_embedded() -> None:
+    """evaluate, predict and search: a line on stderr before the text tower runs (silent minutes otherwise)."""
+    logging.getLogger("vfeat.text").setLevel(logging.INFO)
 
 
 @app.command(epilog="""Examples:
@@ -64,7 +83,7 @@ def extract(
     clips: Optional[int] = typer.Option(None, "--clips", help="Sample V clips (views) spread evenly over the video."),
     clip_len: Optional[int] = typer.Option(None, "--clip-len", help="Frames per clip (with --clips)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Source frames between a clip's frames (with --clips)."),
-    file_list: Optional[str] = typer.Option(None, "--file-list", help="Text file with one video path per line."),
+    file_list: Optional[str] = typer.Option(None, "--file-list", help="Text file (or URL) with one video path or URL per line ('#' comments); relative paths are relative to the list's own folder, and a video's id is its line as written."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="Compute precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16."),
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the features: float16 or float32."),
@@ -179,7 +198,10 @@ def models(
     from vfeat.models.registry import get_spec, list_models, list_pretrained
 
     rows = []
-    for name in list_models(pattern):
+    names = list_models(pattern)
+    if not names:
+        _fail(InputError(f"no model name matches '{pattern}' (quote a pattern, e.g. 'ViT-B*'; `vfeat models` lists them all)"))
+    for name in names:
         spec = get_spec(name)
         rows.append({"name": name, "pretrained": list_pretrained(name), "family": spec["family"] if spec else "clip",
                      "weights": (spec or {}).get("weights", "")})
@@ -243,6 +265,7 @@ def evaluate(
 ) -> None:
     """Zero-shot classification, text-video retrieval or multiple choice from a feature store."""
     _quiet_libraries()
+    _say_when_texts_are_embedded()
     from vfeat.evaluate.plots import check_plot_path
     from vfeat.evaluate.run import evaluate as run_evaluate
 
@@ -299,6 +322,7 @@ def predict(
 ) -> None:
     """Per-frame zero-shot predictions: for each stored frame, the best labels with logit and probability."""
     _quiet_libraries()
+    _say_when_texts_are_embedded()
     from vfeat.evaluate.explore import predict as run_predict
     from vfeat.evaluate.plots import check_plot_path
 
@@ -346,6 +370,7 @@ def search(
 ) -> None:
     """Find the moments (video, time) that best match a text."""
     _quiet_libraries()
+    _say_when_texts_are_embedded()
     from vfeat.evaluate.explore import search as run_search
 
     try:

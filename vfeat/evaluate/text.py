@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from vfeat.errors import StoreError
+
+#: says when texts are embedded (the CLI shows it: the official prompt sets take minutes on a CPU the first time)
+log = logging.getLogger("vfeat.text")
 
 
 def cache_dir() -> Path:
@@ -111,6 +115,7 @@ def embed_texts(tower: TextTower, texts: Sequence[str], batch: int = 256, use_ca
     import torch
 
     encoder = tower.encoder
+    log.info("embedding %d text(s) with the text tower of %s (cached for later runs)", len(texts), tower.identity["name"])
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch):
