@@ -138,6 +138,7 @@ def test_summary_json(failed_run):
     summary = json.loads(failed_run["summary"].read_text())
     assert (summary["videos_total"], summary["videos_ok"], summary["videos_failed"]) == (7, 1, 6)
     assert sorted(f["path"] for f in summary["failures"]) == sorted(str(p) for p in failed_run["bad"].values())
+    assert sorted(f["id"] for f in summary["failures"]) == sorted(failed_run["bad"])  # the ids the store uses
     # the one stored video is 25 frames at 25 fps: 1 s of video, and the summary line says how fast against that
     assert summary["video_seconds"] == pytest.approx(1.0, abs=1e-6)
     speed = f"{summary['video_seconds'] / summary['seconds']:.1f}x real time"
@@ -206,6 +207,8 @@ def test_offline_tag_without_cache_is_one_clear_error(tmp_path, small_video):
     (["--shard-size", "5"], "--shard-size only applies with --engine ray."),
     (["--gpus-per-worker", "1"], "--gpus-per-worker only applies with --engine ray."),
     (["--clip-weights", "x.pt"], "--clip-weights only applies with --patching-ratio above 0"),
+    (["--format", "parquet"], "Invalid --format (parquet). Choose from: zarr, h5."),
+    (["--patching-ratio", "0.5"], "--patching-ratio does not apply to CLIP model vfeat-tiny-vit (video models only: see `vfeat models`)."),
 ])
 def test_bad_flags_exit_2_with_the_message(tmp_path, tiny_model, small_video, flags, message):
     store = tmp_path / "never.zarr"

@@ -58,7 +58,7 @@ def test_num_frames_segment_centres_and_clips():
     ({"fps": 0}, r"Invalid --fps \(0\). It must be > 0."),
     ({"num_frames": 0}, r"Invalid --num-frames \(0\)"),
     ({"fps": 1, "num_frames": 3}, "Choose one sampling mode"),
-    ({"clips": 2}, r"Invalid --clip-len"),
+    ({"clips": 2}, r"--clips needs --clip-len"),
 ])
 def test_bad_sampling_flags(kwargs, message):
     with pytest.raises(InputError, match=message):

@@ -243,12 +243,12 @@ def test_registry_architectures(name, width, heads):
 
 
 def test_patching_without_clip_weights_is_refused():
-    with pytest.raises(ModelError, match="patching_ratio 0.5 needs clip_weights"):
+    with pytest.raises(ModelError, match="--patching-ratio 0.5 needs --clip-weights"):
         build(0.5, clip_weights=None)
 
 
 def test_bad_patching_ratio_and_unknown_option():
-    with pytest.raises(ModelError, match=r"Invalid patching_ratio \(1.5\). It must be in \[0, 1\]"):
+    with pytest.raises(ModelError, match=r"Invalid --patching-ratio \(1.5\). It must be in \[0, 1\]"):
         build(1.5)
     with pytest.raises(ModelError, match="unknown option"):
         build(0.0, alpha=0.5)

@@ -180,7 +180,11 @@ def test_plan_record_round_trip(plan, record):
     ({"fps": float("inf")}, "Invalid --fps (inf). It must be > 0."),
     ({"num_frames": 0}, "Invalid --num-frames (0). It must be >= 1."),
     ({"clips": 0, "clip_len": 8, "stride": 1}, "Invalid --clips (0). It must be >= 1."),
-    ({"clips": 2}, "Invalid --clip-len (None). With --clips it must be >= 1."),
+    ({"clips": 2}, "--clips needs --clip-len (frames per clip) and --stride (source frames between them), e.g. "
+                   "--clips 3 --clip-len 8 --stride 4."),
+    ({"clips": 2, "clip_len": 8}, "--clips needs --clip-len (frames per clip) and --stride (source frames between "
+                                  "them), e.g. --clips 3 --clip-len 8 --stride 4."),
+    ({"clips": 2, "clip_len": 0, "stride": 1}, "Invalid --clip-len (0). With --clips it must be >= 1."),
     ({"clips": 2, "clip_len": 8, "stride": 0}, "Invalid --stride (0). With --clips it must be >= 1."),
     ({"clip_len": 8}, "--clip-len and --stride only apply with --clips."),
     ({"fps": 1.0, "num_frames": 8}, "Choose one sampling mode, not --fps and --num-frames."),

@@ -124,3 +124,20 @@ def test_wise_refuses_incompatible_checkpoints(tmp_path):
         vfeat.load_model("vfeat-tiny-vit", str(tmp_path / "a.pt"), config=str(TINY_CLIP), wise_with=str(tmp_path / "b.pt"), alpha=0.5)
     with pytest.raises(vfeat.ModelError, match=r"Invalid --alpha \(1.5\)"):
         vfeat.load_model("vfeat-tiny-vit", str(tmp_path / "a.pt"), config=str(TINY_CLIP), wise_with=str(tmp_path / "a.pt"), alpha=1.5)
+
+
+def test_a_text_tower_smaller_than_the_tokenizer_is_one_clear_error(tmp_path, videos):
+    """The parity fixtures' text towers have tiny vocabularies: a real caption's tokens fall outside them.
+    search says so in one line (it was an IndexError traceback)."""
+    folder = FIXTURES / "clip_vip_ext"
+    store = tmp_path / "tiny_vocab.zarr"
+    result = runner.invoke(app, ["extract", str(videos / "bars.mp4"), "--out", str(store), "--no-progress", "--workers", "0",
+                                 "--model", "clip-vip-b32", "--pretrained", str(folder / "checkpoint.pt"),
+                                 "--model-config", str(folder / "config.json"), "--num-frames", "4"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["search", "--features", str(store), "a dog on a skateboard"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert " ".join(result.output.split()).endswith(
+        "vfeat: error: the text tower of clip-vip-b32 cannot embed these texts: a token falls outside its vocabulary "
+        "(index out of range in self); its configuration does not fit the standard CLIP tokenizer")

@@ -44,9 +44,12 @@ class SamplingPlan:
         if self.clips is not None:
             if self.clips < 1:
                 raise InputError(f"Invalid --clips ({self.clips}). It must be >= 1.")
-            if self.clip_len is None or self.clip_len < 1:
+            if self.clip_len is None or self.stride is None:
+                raise InputError("--clips needs --clip-len (frames per clip) and --stride (source frames between them), "
+                                 "e.g. --clips 3 --clip-len 8 --stride 4.")
+            if self.clip_len < 1:
                 raise InputError(f"Invalid --clip-len ({self.clip_len}). With --clips it must be >= 1.")
-            if self.stride is None or self.stride < 1:
+            if self.stride < 1:
                 raise InputError(f"Invalid --stride ({self.stride}). With --clips it must be >= 1.")
         elif self.clip_len is not None or self.stride is not None:
             raise InputError("--clip-len and --stride only apply with --clips.")

@@ -27,6 +27,8 @@ RAY_SHARD_PREFIX = "shard-ray-"
 
 def shard_for(out: str, store_format: str | None, rank: int = 0) -> str:
     """The shard this process writes: ``out`` itself when it names a shard, else ``out/shard-RRRRR.<fmt>``."""
+    if store_format not in (None, "zarr", "h5"):
+        raise InputError(f"Invalid --format ({store_format}). Choose from: zarr, h5.")
     if shard_kind(out) is not None:
         if store_format and shard_kind(out) != store_format:
             raise InputError(f"--out {out} ends in .{shard_kind(out)} but --format is {store_format}.")

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vfeat.errors import StoreError
+from vfeat.errors import ModelError, StoreError
 
 #: says when texts are embedded (the CLI shows it: the official prompt sets take minutes on a CPU the first time)
 log = logging.getLogger("vfeat.text")
@@ -119,7 +119,12 @@ def embed_texts(tower: TextTower, texts: Sequence[str], batch: int = 256, use_ca
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch):
-            emb = encoder.encode_text(list(texts[start:start + batch])).float()
+            try:
+                emb = encoder.encode_text(list(texts[start:start + batch])).float()
+            except IndexError as exc:  # an embedding lookup past the vocabulary
+                raise ModelError(f"the text tower of {tower.identity['name']} cannot embed these texts: a token falls "
+                                 f"outside its vocabulary ({exc}); its configuration does not fit the standard CLIP "
+                                 "tokenizer") from None
             chunks.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
     out = np.concatenate(chunks) if chunks else np.zeros((0, encoder.embed_dim), np.float32)
     if use_cache:

@@ -118,7 +118,9 @@ def _build(name: str, pretrained: str | None, config: str | None, options: dict[
 
         unknown = set(options) - {"wise_with", "alpha", "cache_dir"}
         if unknown:
-            raise InputError(f"Option(s) {sorted(unknown)} do not apply to CLIP model {name}.")
+            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
+            raise InputError(f"{flags} do{'es' if len(unknown) == 1 else ''} not apply to CLIP model {name} "
+                             "(video models only: see `vfeat models`).")
         encoder: VideoEncoder = clip.build(name, pretrained, config_path=config, without=without, **options)
     else:
         family = FAMILIES.get(spec["family"])

@@ -298,11 +298,11 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
     ratio = float(options.get("patching_ratio") or 0.0)
     clip_weights = options.get("clip_weights")
     if not 0.0 <= ratio <= 1.0:
-        raise ModelError(f"Invalid patching_ratio ({ratio}). It must be in [0, 1] (the weight of the original CLIP).")
+        raise ModelError(f"Invalid --patching-ratio ({ratio}). It must be in [0, 1] (the weight of the original CLIP).")
     if ratio > 0 and not clip_weights:
-        raise ModelError(f"{name}: patching_ratio {ratio} needs clip_weights, the original CLIP the model is patched with")
+        raise ModelError(f"{name}: --patching-ratio {ratio} needs --clip-weights, the original CLIP the model is patched with")
     if ratio > 0 and pretrained == "none":
-        raise ModelError(f"{name}: patching_ratio {ratio} needs a fine-tuned checkpoint, not pretrained 'none'")
+        raise ModelError(f"{name}: --patching-ratio {ratio} needs a fine-tuned checkpoint, not --pretrained none")
 
     state, sha, clip_sha = None, None, None
     if pretrained != "none":
