@@ -208,6 +208,7 @@ def test_offline_tag_without_cache_is_one_clear_error(tmp_path, small_video):
     (["--gpus-per-worker", "1"], "--gpus-per-worker only applies with --engine ray."),
     (["--clip-weights", "x.pt"], "--clip-weights only applies with --patching-ratio above 0"),
     (["--format", "parquet"], "Invalid --format (parquet). Choose from: zarr, h5."),
+    (["--out", "feats.npy"], "--out feats.npy: a store is a shard (.zarr, .h5) or a directory of shards, not a .npy file"),
     (["--patching-ratio", "0.5"], "--patching-ratio does not apply to CLIP model vfeat-tiny-vit (video models only: see `vfeat models`)."),
 ])
 def test_bad_flags_exit_2_with_the_message(tmp_path, tiny_model, small_video, flags, message):

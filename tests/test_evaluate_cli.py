@@ -507,6 +507,8 @@ def test_retrieval_captions(tmp_path, retrieval, fmt, dsl):
     notes = " ".join(result["notes"])
     assert "ghost.mp4" in notes and "msrvtt/uncaptioned.mp4" in notes
     assert_png(plot)
+    shown = cli("evaluate", "--features", retrieval["path"], "--captions", captions, *(["--dsl"] if dsl else []))
+    assert ("retrieval (DSL)" in shown.output) == dsl, shown.output  # the table says how the ranks were scored
 
 
 def write_captions(path: Path, pairs) -> Path:

@@ -279,8 +279,9 @@ def evaluate(
         return
     table = Table("task", "metric", "value", title=f"{features}")
     for result in results:
+        name = result["task"] + (" (DSL)" if result.get("counts", {}).get("dsl") else "")
         for key, value in result["metrics"].items():
-            table.add_row(result["task"], key, f"{value:.2f}")
+            table.add_row(name, key, f"{value:.2f}")
     console.print(table)
     for result in results:
         for note in result["notes"]:

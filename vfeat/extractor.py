@@ -81,6 +81,17 @@ def store_attrs(encoder: VideoEncoder, plan: SamplingPlan, storage_dtype: str) -
     }
 
 
+#: --out names ending so are files of another kind, not a directory store vfeat would create under that name
+NOT_STORES = frozenset(".npy .npz .pkl .pickle .pt .pth .parquet .csv .json .jsonl .txt .mp4".split())
+
+
+def _refuse_a_file_name_for_a_directory(out: str) -> None:
+    suffix = os.path.splitext(out.rstrip("/"))[1].lower()
+    if suffix in NOT_STORES and not out.endswith("/"):
+        raise InputError(f"--out {out}: a store is a shard (.zarr, .h5) or a directory of shards, not a {suffix} file; "
+                         f"write to a .zarr or .h5 store (then `vfeat export --to npy` for per-video .npy files).")
+
+
 def _refuse_unused_flags(engine: str, address: str | None, gpus_per_worker: float, shard_size: int,
                          ray_workers: int | None, hwaccel: str | None, hwaccel_workers: int | None,
                          model_options: dict[str, Any]) -> None:
@@ -148,6 +159,7 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
         options.update(hwaccel=hwaccel, hwaccel_workers=hwaccel_workers)
     if engine == "ray" and (encoder is not None or devices):
         raise InputError("--engine ray loads the model in each Ray actor: pass the model by name, and no --devices.")
+    _refuse_a_file_name_for_a_directory(out)
     if len(device_list) > 1 and shard_kind(out) is not None:
         raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
     recover(out)  # what killed runs committed is merged and listed before any engine decides what is done
