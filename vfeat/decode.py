@@ -194,9 +194,10 @@ def probe(path: str) -> Probe:
         packets_read = 0
         try:
             for packet in container.demux(stream):
+                if packet.pts is not None or packet.dts is not None:
+                    packets_read += 1  # a sample of the file, even an empty one (not the demuxer's flush packet)
                 if packet.size == 0:
                     continue  # flush packet
-                packets_read += 1
                 if starts_with_key is None:
                     starts_with_key = bool(packet.is_keyframe)
                 if rotation is None:  # hidden frames too: the decoder needs them as references
