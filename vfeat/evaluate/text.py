@@ -49,10 +49,6 @@ class TextTower:
         return self._encoder
 
     @property
-    def loaded(self) -> bool:
-        return self._encoder is not None
-
-    @property
     def embed_dim(self) -> int:
         return int(self._attrs.get("embed_dim") or self.encoder.embed_dim)
 

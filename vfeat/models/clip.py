@@ -22,7 +22,7 @@ from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoE
 from vfeat.models.class_token import class_token_only, image_embedding
 from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
 from vfeat.models.weights import (drop_archive_extras, interpolate_state_dicts, load_strict, no_random_init, read_state_dict,
-                                  recorded_path, sha256_file, strip_prefix)
+                                  recorded_path, sha256_file, strip_prefix, under_prefixes)
 
 RANDOM = "none"
 
@@ -201,11 +201,7 @@ def _file_state_dict(path: str, skip: tuple[str, ...] = ()) -> dict[str, torch.T
     state = drop_archive_extras(read_state_dict(path))
     if all(k.startswith("module.") for k in state):
         state = strip_prefix(state, "module.")
-    return {k: v.float() if v.is_floating_point() and not _under(k, skip) else v for k, v in state.items()}
-
-
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
+    return {k: v.float() if v.is_floating_point() and not under_prefixes(k, skip) else v for k, v in state.items()}
 
 
 def _load_file(model: torch.nn.Module, path: str, skip: tuple[str, ...] = ()) -> None:

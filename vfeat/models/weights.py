@@ -155,17 +155,19 @@ def drop_archive_extras(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     return {k: v for k, v in state_dict.items() if k not in OPENAI_ARCHIVE_EXTRAS}
 
 
+def under_prefixes(key: str, prefixes: Sequence[str]) -> bool:
+    """``key`` is one of ``prefixes`` or inside one (``visual`` holds ``visual.conv1.weight``)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
                 skip: Sequence[str] = ()) -> None:
     """``load_state_dict(strict=True)`` with a message that names the missing, unexpected and misshapen
     keys (a few of each) and the file they came from. Keys under a ``skip`` prefix (a tower the caller drops
     next) are neither loaded nor required, in the module or the file; every other key is, strictly."""
 
-    def skipped(key: str) -> bool:
-        return any(key == p or key.startswith(p + ".") for p in skip)
-
-    own = {k: v for k, v in module.state_dict().items() if not skipped(k)}
-    state_dict = {k: v for k, v in state_dict.items() if not skipped(k)}
+    own = {k: v for k, v in module.state_dict().items() if not under_prefixes(k, skip)}
+    state_dict = {k: v for k, v in state_dict.items() if not under_prefixes(k, skip)}
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     misshapen = [
