@@ -156,6 +156,16 @@ def test_colliding_ids_refused_before_work(tmp_path):
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_mistyped_option_of_the_python_api_is_named(tmp_path):
+    """``vfeat.extract(..., fsp=1)``: the unknown keyword is named before any work (it used to reach the model
+    families and come back as an option that does not apply to CLIP models)."""
+    video = make_video(tmp_path / "a.mp4", 1.0)
+    with pytest.raises(vfeat.InputError, match=r"^extract\(\) got unknown option\(s\) fsp; model options are alpha, "
+                                               r"cache_dir, clip_weights, patching_ratio, wise_with\.$"):
+        vfeat.extract([str(video)], str(tmp_path / "s.zarr"), fsp=1)
+    assert not (tmp_path / "s.zarr").exists()
+
+
 # -- resume and kill -9 -------------------------------------------------------------------------------
 def _read(store: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     with vfeat.open_store(str(store)) as opened:

@@ -92,6 +92,10 @@ def _refuse_a_file_name_for_a_directory(out: str) -> None:
                          f"write to a .zarr or .h5 store (then `vfeat export --to npy` for per-video .npy files).")
 
 
+#: what ``extract(**model_options)`` passes to the model families (WiSE-FT; Open-VCLIP patching; open_clip's cache)
+MODEL_OPTIONS = frozenset({"wise_with", "alpha", "clip_weights", "patching_ratio", "cache_dir"})
+
+
 def _refuse_unused_flags(engine: str, address: str | None, gpus_per_worker: float, shard_size: int,
                          ray_workers: int | None, hwaccel: str | None, hwaccel_workers: int | None,
                          model_options: dict[str, Any]) -> None:
@@ -103,6 +107,10 @@ def _refuse_unused_flags(engine: str, address: str | None, gpus_per_worker: floa
         raise InputError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --engine ray.")
     if hwaccel_workers is not None and hwaccel is None:
         raise InputError("--hwaccel-workers only applies with --hwaccel cuda.")
+    unknown = sorted(set(model_options) - MODEL_OPTIONS)
+    if unknown:
+        raise InputError(f"extract() got unknown option(s) {', '.join(unknown)}; model options are "
+                         f"{', '.join(sorted(MODEL_OPTIONS))}.")
     if model_options.get("alpha") is not None and model_options.get("wise_with") is None:
         raise InputError("--alpha only applies with --wise-with (the checkpoint to interpolate with).")
     if model_options.get("clip_weights") is not None and not model_options.get("patching_ratio"):
