@@ -80,13 +80,14 @@ def _tower_of(file_key: str, encoder) -> str | None:
     """Which tower a weight file's key belongs to, by the wrapped model's part names (wrapper prefixes of the
     official files stripped: ``module.``, ``model.``, ``clipmodel.``)."""
     from vfeat.models.base import tower_parts
+    from vfeat.models.weights import under_prefixes
 
     key = file_key
     while key.startswith(("module.", "model.", "clipmodel.")):
         key = key.split(".", 1)[1]
     owner = next(encoder.children())
     for tower in ("text", "image"):
-        if any(key == part or key.startswith(part + ".") for part in tower_parts(owner, tower)):
+        if under_prefixes(key, tower_parts(owner, tower)):
             return tower
     return None
 

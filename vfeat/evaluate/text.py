@@ -33,9 +33,7 @@ class TextTower:
     """
 
     def __init__(self, attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None) -> None:
-        self.identity = dict(attrs.get("model") or {})
-        if not self.identity.get("name"):
-            raise StoreError("store has no model attribute: not written by vfeat extract?")
+        self.identity = _model_record(attrs)
         self._attrs, self._device, self._pretrained = attrs, device, pretrained
         self._encoder: Any = None
         if pretrained is not None:
@@ -56,6 +54,14 @@ class TextTower:
     def logit_scale(self) -> float:
         """The scale the store recorded, else the model's own."""
         return float(self._attrs.get("logit_scale") or self.encoder.logit_scale)
+
+
+def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The store's ``model`` attribute: what rebuilds its model and keys its text cache."""
+    model = dict(attrs.get("model") or {})
+    if not model.get("name"):
+        raise StoreError("store has no model attribute: not written by vfeat extract?")
+    return model
 
 
 def _weights_for(model: dict[str, Any], pretrained: str | None) -> str | None:
@@ -85,10 +91,8 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
     points at the same weights when they moved; a different file (by sha256) is refused."""
     from vfeat.models.factory import load_model
 
-    model = attrs.get("model") or {}
-    name = model.get("name")
-    if not name:
-        raise StoreError("store has no model attribute: not written by vfeat extract?")
+    model = _model_record(attrs)
+    name = model["name"]
     weights = _weights_for(model, pretrained)
     options = dict(model.get("options") or {})
     family_options = {k: options[k] for k in ("clip_weights", "patching_ratio") if k in options}

@@ -125,9 +125,11 @@ class VideoEncoder(nn.Module):
     def drop_text_tower(self) -> None:
         self.drop_tower("text")
 
-    def tower_prefixes(self, tower: str) -> tuple[str, ...]:
-        """State-dict key prefixes of the ``tower``'s parts, for a load that leaves them out (:func:`load_strict`'s
-        ``skip``) because the tower is dropped right after."""
+    def tower_prefixes(self, tower: str | None) -> tuple[str, ...]:
+        """State-dict key prefixes of the ``tower``'s parts (none for ``None``), for a load that leaves them out
+        (:func:`load_strict`'s ``skip``) because the tower is dropped right after."""
+        if tower is None:
+            return ()
         return tuple(f"{child}.{name}" for child, owner in self.named_children() for name in tower_parts(owner, tower))
 
     def require_image_tower(self) -> None:

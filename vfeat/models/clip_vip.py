@@ -411,7 +411,7 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
     else:
         with no_random_init():  # load_checkpoint loads every weight strictly
             encoder = ClipVipEncoder(config, identity)
-        load_checkpoint(encoder, pretrained, encoder.tower_prefixes(without) if without else ())
+        load_checkpoint(encoder, pretrained, encoder.tower_prefixes(without))
     if without:
         encoder.drop_tower(without)
     return encoder.eval()

@@ -332,7 +332,7 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
     else:
         with no_random_init():  # every weight is loaded strictly next
             encoder = OpenVClipEncoder(config, identity)
-        skip = encoder.tower_prefixes(without) if without else ()
+        skip = encoder.tower_prefixes(without)
         load_strict(encoder, {PREFIX + k: v for k, v in state.items()}, source=str(pretrained), skip=skip)
     if without:
         encoder.drop_tower(without)
