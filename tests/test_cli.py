@@ -121,16 +121,16 @@ def test_bad_inputs_exit_1_with_one_line_each(failed_run):
     proc = failed_run["proc"]
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    skipped = [line for line in proc.stderr.splitlines() if line.startswith("vfeat: skipped ")]
-    assert len(skipped) == 6, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("vfeat: failed ")]
+    assert len(failed) == 6, proc.stderr
     for name, path in failed_run["bad"].items():
-        lines = [line for line in skipped if line.startswith(f"vfeat: skipped {path}: ")]
+        lines = [line for line in failed if line.startswith(f"vfeat: failed {path}: ")]
         assert len(lines) == 1, (name, proc.stderr)
-        assert len(lines[0]) > len(f"vfeat: skipped {path}: ")  # a reason follows the file name
-    assert any(line.startswith(f"vfeat: skipped {failed_run['bad']['gone.mp4']}: file not found") for line in skipped)
-    assert any(line.startswith(f"vfeat: skipped {failed_run['bad']['beep.mp4']}: no video stream") for line in skipped)
-    assert any(re.match(rf"vfeat: skipped {re.escape(str(failed_run['bad']['cut.mp4']))}: truncated: the container lists "
-                        r"100 frames \(4\.00 s\) but the file holds only [1-9]\d?$", line) for line in skipped), proc.stderr
+        assert len(lines[0]) > len(f"vfeat: failed {path}: ")  # a reason follows the file name
+    assert any(line.startswith(f"vfeat: failed {failed_run['bad']['gone.mp4']}: file not found") for line in failed)
+    assert any(line.startswith(f"vfeat: failed {failed_run['bad']['beep.mp4']}: no video stream") for line in failed)
+    assert any(re.match(rf"vfeat: failed {re.escape(str(failed_run['bad']['cut.mp4']))}: truncated: the container lists "
+                        r"100 frames \(4\.00 s\) but the file holds only [1-9]\d?$", line) for line in failed), proc.stderr
     assert "1 stored, 6 failed, 0 already in the store" in one_line(proc.stdout)
 
 

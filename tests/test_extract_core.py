@@ -140,7 +140,7 @@ def test_bad_inputs_are_recorded_and_the_run_continues(tmp_path):
                            "--fps", "1", "--no-progress", *TINY], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     for name, reason in [("empty.mp4", ""), ("text.mp4", ""), ("truncated.mp4", ""), ("audio.mp4", "no video stream"), ("missing.mp4", "file not found")]:
-        lines = [l for l in proc.stderr.splitlines() if name in l and l.startswith("vfeat: skipped")]
+        lines = [l for l in proc.stderr.splitlines() if name in l and l.startswith("vfeat: failed")]
         assert len(lines) == 1 and reason in lines[0], (name, proc.stderr)
     info = json.loads(subprocess.run([sys.executable, "-m", "vfeat.cli", "info", str(store), "--json"], capture_output=True, text=True, check=True).stdout)
     assert info["videos"] == 1

@@ -75,8 +75,8 @@ def test_device_processes_report_progress_after_each_video(tmp_path, repo_root, 
     # where the time went: the slowest device process's own timings (there were none before)
     assert set(summary.timings) == {"model_load_s", "warm_up_s", "decode_wait_s", "model_s", "store_close_s"}
     assert 0 < summary.timings["model_s"] <= summary.seconds
-    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vfeat: skipped")]
-    assert len(skipped) == 1 and "broken.mp4" in skipped[0] and "not a video file" in skipped[0]
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vfeat: failed")]
+    assert len(failed) == 1 and "broken.mp4" in failed[0] and "not a video file" in failed[0]
 
 
 def test_devices_need_a_directory_store(tmp_path, repo_root):

@@ -65,11 +65,11 @@ class RunStats:
 
 
 def report(result: VideoRecord | Failure, stats: RunStats, on_progress: Callable[[RunStats, int], None] | None = None) -> None:
-    """Count one finished video, say on stderr why a failed one was skipped, and tell ``on_progress``
+    """Count one finished video, print a failed one as one line (the file and why), and tell ``on_progress``
     (with the frames it added). Every engine reports its videos through here."""
     if isinstance(result, Failure):
         stats.videos_failed += 1
-        print(f"vfeat: skipped {result.error}", file=sys.stderr)
+        print(f"vfeat: failed {result.error}", file=sys.stderr)
         frames = 0
     else:
         frames = len(result.timestamps_ms)
