@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model_load import save_weights
 
-    inputs = args.inputs
+    inputs = [str(Path(i).resolve()) for i in args.inputs or []]  # each run's working folder is a temporary one
     if not inputs:
         import extract as bench
 
