@@ -14,12 +14,15 @@
 # Steps "start", "load" and "early" (not in the default list): decode processes' start-up, model loading, and a
 # command-line run with decoding started during the model load against after it (run "load" first: its weights).
 # Step "class_token" (not in the default list): the model pass with the last block for the class token only.
+# A dry run on a CPU machine, to check the steps start before device time is spent on them (short runs, cut by
+# the time limits): DEVICE=cpu REPLICATE=1 MODEL_BOUND_REPLICATE=1 STEPS="..." bash bench/gpu_session.sh OUT_DIR
 set -u
 OUT_DIR=${1:-bench/out/gpu}
 LOG_DIR=$(mktemp -d)
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
+DEVICE=${DEVICE:-cuda}
+if [ -d .whl ] && ! python3 -c "import av, open_clip, zarr" 2>/dev/null; then  # the carried wheels, where missing
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
@@ -28,14 +31,14 @@ python3 - <<'EOF'
 import torch, av, open_clip, zarr
 from av.codec.hwaccel import hwdevices_available
 print("torch", torch.__version__, "pyav", av.__version__, "open_clip", open_clip.__version__, "zarr", zarr.__version__,
-      "gpu", torch.cuda.get_device_name(0), "hwdevices", hwdevices_available())
+      "gpu", torch.cuda.is_available() and torch.cuda.get_device_name(0), "hwdevices", hwdevices_available())
 EOF
 SCALE=${SCALE:-1}
 REPLICATE=${REPLICATE:-$(( 60 * SCALE ))}
 MODEL_BOUND_REPLICATE=${MODEL_BOUND_REPLICATE:-$(( 20 * SCALE ))}
 source "$(dirname "$0")/gpu_corpus.env"
 CORPUS="$GPU_CORPUS --replicate $REPLICATE"
-COMMON="$CORPUS --device cuda --skip-baseline --repeat 1"
+COMMON="$CORPUS --device $DEVICE --skip-baseline --repeat 1"
 run() {  # name, seconds, args...
   local name=$1 limit=$(( $2 * SCALE )); shift 2
   echo "=== $name"
@@ -60,25 +63,25 @@ fi
 if step overhead; then  # the pipeline's own overhead at this core count: a stub model (batches normalised on the GPU)
   REP=gpu_corpus/full/replicated-$REPLICATE
   python3 -c "import sys; sys.path.insert(0, 'bench'); import extract as b; from pathlib import Path; r = Path('gpu_corpus/full'); b.replicate({n: r / n for n in ('short', 'tiny', 'long')}, r, $REPLICATE)"
-  run overhead 150 bench/overhead.py --workers $(( $(nproc) - 1 )) --decode-threads 1 --rounds 2 --device "${OVERHEAD_DEVICE:-cuda}" \
+  run overhead 150 bench/overhead.py --workers $(( $(nproc) - 1 )) --decode-threads 1 --rounds 2 --device "${OVERHEAD_DEVICE:-$DEVICE}" \
       --out-json "$OUT_DIR/overhead.json" $REP/short $REP/tiny $REP/long
 fi
 if step cold; then  # a command-line run's cold start, L/14 model-bound, without and with the warm-up (interleaved)
   python3 -c "import sys; sys.path.insert(0, 'bench'); import extract as b; from pathlib import Path; r = Path('gpu_corpus/full'); b.replicate({'short': r / 'short'}, r, $MODEL_BOUND_REPLICATE)"
   for round in 1 2; do for w in 0 1; do
-    VFEAT_WARM_UP=$w run cold_warm_up_${w}_$round 60 bench/profile_e2e.py --cold-only --device cuda --model ViT-L-14 --precision bf16 \
+    VFEAT_WARM_UP=$w run cold_warm_up_${w}_$round 60 bench/profile_e2e.py --cold-only --device $DEVICE --model ViT-L-14 --precision bf16 \
         --batch-size 128 --fps 25 --out /tmp/cold gpu_corpus/full/replicated-$MODEL_BOUND_REPLICATE/short
   done; done
 fi
 # start-up (not in the default list): decode processes for a caller script that imports torch, vfeat's start
 # against plain spawn (15 processes, the one-second clips of gpu_corpus); model loads onto the GPU, open_clip's against vfeat's
 step start && run decoder_start 60 bench/decoder_start.py --workers 15 --rounds 2 --clips gpu_corpus/full/tiny --out-json "$OUT_DIR/decoder_start.json"
-step load && run model_load 150 bench/model_load.py --models ViT-B-32,ViT-L-14 --device cuda --rounds 2 --out-json "$OUT_DIR/model_load.json"
+step load && run model_load 150 bench/model_load.py --models ViT-B-32,ViT-L-14 --device $DEVICE --rounds 2 --out-json "$OUT_DIR/model_load.json"
 # a command-line run from its first instant, decoding during the model load or after it (weights saved by "load")
-step early && run cold_start 200 bench/cold_start.py --models ViT-B-32,ViT-L-14 --device cuda --rounds 2 \
+step early && run cold_start 200 bench/cold_start.py --models ViT-B-32,ViT-L-14 --device $DEVICE --rounds 2 \
     --inputs gpu_corpus/full/short gpu_corpus/full/long --out-json "$OUT_DIR/cold_start.json"
 # the model pass with the last block for the class token only against every token (not in the default list)
-step class_token && run class_token 120 bench/class_token.py --device cuda --precision bf16 --models ViT-B-16,ViT-L-14 \
+step class_token && run class_token 120 bench/class_token.py --device $DEVICE --precision bf16 --models ViT-B-16,ViT-L-14 \
     --batch-size 256 --rounds 5 --out-json "$OUT_DIR/class_token.json"
-step small && run gpu_small 80 bench/extract.py $CORPUS --device cuda --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"
+step small && run gpu_small 80 bench/extract.py $CORPUS --device $DEVICE --small-files-only --model ViT-B-32 --precision fp16 --batch-size 256 --out-json "$OUT_DIR/gpu_small.json"
 exit 0

@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.corpus) / "overhead"
         dirs = bench.replicate(bench.make_corpus(spec, root), root, args.replicate)
         folders = [str(dirs["short"]), str(dirs["tiny"])]
+    empty = [f for f in folders if not any(Path(f).glob("*.mp4"))]
+    if empty:  # a ratio over no frames would look like a measurement
+        p.error(f"no .mp4 videos in {', '.join(empty)}")
     trees = [ROOT] + [Path(t).resolve() for t in args.tree]
     runs: dict[str, dict[str, list[dict]]] = {str(t): {"decode": [], "e2e": []} for t in trees}
     for k in range(args.rounds):
