@@ -191,6 +191,85 @@ def test_cfr25_1fps_picks_exact_second_frames(corpus):
     assert selection.frame_indices.tolist() == [0, 25]
 
 
+def test_milliseconds_are_computed_from_the_integer_pts(corpus):
+    """Whole milliseconds stay whole (seconds times 1000 gave 1400.0000000000002): exact equality, as a join
+    on ``timestamps_ms`` would compare them."""
+    assert probe(str(corpus["cfr25"])).timestamps_ms.tolist() == [40.0 * k for k in range(50)]
+    assert probe(str(corpus["ntsc"])).timestamps_ms.tolist() == [k * 1001000 / 30000 for k in range(60)]
+
+
+# -- AVI: decode times only ----------------------------------------------------------------------------------
+
+VFR_AVI = "settb=1/1000,setpts='if(lt(N,10),N*40,400+(N-10)*100)'"
+
+
+@pytest.fixture(scope="module")
+def avi(tmp_path_factory) -> dict[str, Path]:
+    """AVI stores no presentation times. H.264 with B-frames there (x264's default B-pyramid: the decoder
+    holds two pictures back) is where the demuxer's guessed times name other pictures than the decoder's."""
+    d = tmp_path_factory.mktemp("avi")
+    return {
+        "h264_bframes": make_video(d, "bframes.avi", 2.2, 25, (96, 64), "libx264", "yuv420p", "-bf", "3"),
+        "h264_bframes_vfr": make_video(d, "bframes_vfr.avi", 2.0, 25, (96, 64), "libx264", "yuv420p", "-bf", "3",
+                                       "-fps_mode", "vfr", vf=VFR_AVI),
+        "h264_no_bframes": make_video(d, "no_bframes.avi", 2.2, 25, (96, 64), "libx264", "yuv420p", "-bf", "0"),
+        "mpeg4_bframes": make_video(d, "divx.avi", 2.2, 25, (96, 64), "mpeg4", "yuv420p", "-bf", "2", "-q:v", "2"),
+        "mpeg4": make_video(d, "xvid.avi", 2.2, 25, (96, 64), "mpeg4", "yuv420p", "-q:v", "2"),
+    }
+
+
+def _best_effort_seconds(path: Path) -> list[float | None]:
+    """ffprobe's times of the decoded frames, in output order (None where it has none: the pictures the
+    decoder flushes at the end of an AVI with B-frames)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "frame=best_effort_timestamp_time", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    values = [line.strip().strip(",") for line in out.splitlines() if line.strip().strip(",")]
+    return [None if v == "N/A" else float(v) for v in values]
+
+
+@pytest.mark.parametrize("kind", ["h264_bframes", "h264_bframes_vfr", "h264_no_bframes", "mpeg4_bframes", "mpeg4"])
+def test_avi_frames_and_times_equal_ffmpeg(avi, ffmpeg_frames, kind):
+    path = str(avi[kind])
+    got = probe(path)
+    reference = ffmpeg_frames(path)  # every picture, in the order a player shows them
+    frames = list(decode_selected(path, got.pts, None, got.skip, shown_pts=got.shown_pts))
+    assert [pts for pts, _ in frames] == got.pts.tolist()
+    assert np.array_equal(np.stack([image for _, image in frames]), reference)
+    every_fifth = got.pts[::5]
+    subset = dict(decode_selected(path, every_fifth, None, got.skip, shown_pts=got.shown_pts))
+    assert all(np.array_equal(subset[pts], reference[5 * i]) for i, pts in enumerate(every_fifth))
+    best_effort = _best_effort_seconds(avi[kind])
+    assert len(best_effort) == got.info.num_frames == len(reference)
+    known = [(ours, theirs - best_effort[0]) for ours, theirs in zip(got.timestamps_ms / 1000.0, best_effort)
+             if theirs is not None]
+    assert len(known) >= got.info.num_frames - 2
+    np.testing.assert_allclose([a for a, _ in known], [b for _, b in known], rtol=0, atol=1e-6)
+    if kind != "h264_no_bframes":  # there the demuxer's times (kept: they skip packets) start one frame late
+        assert got.info.start_time_s == pytest.approx(best_effort[0], abs=1e-6)
+
+
+def test_avi_bframes_through_the_decode_processes_path(avi, ffmpeg_frames):
+    """``decode_job`` (what every engine runs) passes the probe's output-order times on to the decoder."""
+    from vfeat.workers import decode_job
+
+    path = str(avi["h264_bframes"])
+    messages = list(decode_job(0, path, SamplingPlan(fps=5), None, one_clip=False))
+    kinds = [m[0] for m in messages]
+    assert kinds[0] == "video" and kinds[-1] == "done", messages[-1]
+    timestamps_ms = messages[0][3]
+    assert timestamps_ms.tolist() == [200.0 * k for k in range(11)]
+    pixels = {row: image for m in messages if m[0] == "frames" for rows, image in zip(m[2], m[3]) for row in rows}
+    reference = ffmpeg_frames(path, [5 * k for k in range(11)])
+    assert all(np.array_equal(pixels[k], reference[k]) for k in range(11))
+
+
+def test_avi_fps_of_a_variable_rate_file_is_measured(avi):
+    info = probe(str(avi["h264_bframes_vfr"])).info
+    assert info.num_frames == 50
+    assert info.fps == pytest.approx(50 / info.duration_s)  # the header says 50 (its time base)
+
+
 # -- resize at decode -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind, crop", [("cfr25", 32), ("rot90", 32), ("odd444", 48), ("ten444", 24)])

@@ -85,8 +85,8 @@ def test_missing_frames_after_skipping_are_decoded_in_full(encoded, monkeypatch,
     wanted = got.pts[[0, 30, 80, 140]]
     real = decode._decode
 
-    def losing_one(path, wanted_set, resize, total, skip, stats):
-        for stamp, image in real(path, wanted_set, resize, total, skip, stats):
+    def losing_one(path, wanted_set, resize, total, skip, stats, shown_pts):
+        for stamp, image in real(path, wanted_set, resize, total, skip, stats, shown_pts):
             if skip is None or stamp != int(wanted[2]):
                 yield stamp, image
 

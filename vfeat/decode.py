@@ -48,8 +48,15 @@ class VideoInfo:
 class Probe:
     info: VideoInfo
     timestamps_s: np.ndarray  # float64 [num_frames], sorted, from the first frame (first is 0.0)
+    #: the same in milliseconds, from the integer pts with one rounding: whole milliseconds stay whole
+    #: (1400.0, where seconds times 1000 gives 1400.0000000000002)
+    timestamps_ms: np.ndarray
     pts: np.ndarray  # int64 [num_frames], the stream's own pts values, same order
     skip: SkipPoints | None = None  # packets the decoder may leave out (None: decode every packet)
+    #: set where the file's timestamps cannot tell the decoder's pictures apart (H.264 with B-frames in AVI,
+    #: see :func:`_times_by_output`): the k-th picture out of the decoder is the one at ``pts[k]``. Pass it to
+    #: :func:`decode_selected`.
+    shown_pts: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,10 @@ def probe(path: str) -> Probe:
         starts_with_key: bool | None = None
         classifier = PacketClassifier(stream)
         packets_read = 0
+        untimed = 0  # pictures without a timestamp: a raw elementary stream (.h264) has none
+        packets_to_first_picture = 0  # the decoder's delay, plus one: how many packets it took before a picture came out
+        dts_list = array("q")  # for AVI (see _times_by_output)
+        stamps_increase = True  # in file order, as decode times do and presentation times of B-frames do not
         try:
             for packet in container.demux(stream):
                 if packet.pts is not None or packet.dts is not None:
@@ -201,10 +212,17 @@ def probe(path: str) -> Probe:
                 if starts_with_key is None:
                     starts_with_key = bool(packet.is_keyframe)
                 if rotation is None:  # hidden frames too: the decoder needs them as references
+                    packets_to_first_picture += 1
                     rotation, first_shown = _first_picture(packet, path)
                 stamp = packet.pts if packet.pts is not None else packet.dts
-                if packet.is_discard or stamp is None:
+                if stamp is None:
+                    untimed += 1
+                    continue
+                if packet.is_discard:
                     continue  # a frame an edit list hides
+                if pts_list and stamp <= pts_list[-1]:
+                    stamps_increase = False
+                dts_list.append(int(packet.dts if packet.dts is not None else stamp))
                 pts_list.append(int(stamp))
                 classifier.add(packet, int(stamp))
                 if max_pts is None or stamp > max_pts:
@@ -212,6 +230,9 @@ def probe(path: str) -> Probe:
         except av.error.FFmpegError as exc:
             if not pts_list:
                 raise DecodeError(f"{path}: cannot read packets ({exc.strerror or exc})") from None
+        if not pts_list and untimed:
+            raise DecodeError(f"{path}: no frame timestamps (a raw {stream.codec_context.name} stream has none: vfeat reads "
+                              f"video files such as MP4, MKV, AVI)")
         if not pts_list:
             raise DecodeError(f"{path}: video stream has no frames (empty or truncated)")
         _refuse_truncated(path, container, stream, packets_read)
@@ -220,12 +241,39 @@ def probe(path: str) -> Probe:
             # a stream cut mid-GOP (a recording or segment that starts between keyframes): what comes before
             # its first decodable picture refers to frames that are not in the file, and no player shows it
             pts = pts[pts >= first_shown]
+        # a decoder that reorders pictures (known once it has decoded the first), and packet times that are not
+        # presentation times (those of B-frames would not increase in file order): time pictures by output order
+        by_output = (container.format.name in DECODE_TIME_FORMATS and bool(stream.codec_context.has_b_frames)
+                     and stamps_increase and len(pts) == len(dts_list))
+        if by_output:
+            delay = min(max(packets_to_first_picture - 1, 1), 16)  # pictures held back; H.264 holds 16 at most
+            pts = _times_by_output(np.asarray(dts_list, dtype=np.int64), delay, last_duration)
         info = _info(path, container, stream, pts, last_duration, rotation or 0)
     finally:
         container.close()
-    first = pts[0]
-    seconds = (pts - first).astype(np.float64) * float(time_base)
-    return Probe(info, seconds, pts, classifier.result())
+    offsets = pts - pts[0]
+    seconds = offsets.astype(np.float64) * float(time_base)
+    milliseconds = (offsets * (1000 * time_base.numerator)).astype(np.float64) / time_base.denominator
+    if by_output:  # the packets' times are not their pictures' times: no skipping by them
+        return Probe(info, seconds, milliseconds, pts, skip=None, shown_pts=pts)
+    return Probe(info, seconds, milliseconds, pts, classifier.result())
+
+
+#: containers without presentation times: a packet's time is its decode time
+DECODE_TIME_FORMATS = frozenset({"avi"})
+
+
+def _times_by_output(dts: np.ndarray, delay: int, last_duration: int) -> np.ndarray:
+    """Presentation times of the pictures in the order the decoder outputs them, for a codec that reorders
+    pictures (H.264 with B-frames) in a container that stores decode times only (AVI). The demuxer's guessed
+    times follow file order, so the decoder would give each picture another packet's time; but the encoder
+    wrote decode times as the presentation times shifted back by its reorder delay, which is the decoder's:
+    the k-th picture out is shown at the decode time of the packet ``delay`` places later (what ffmpeg's
+    best-effort timestamps are), and the last ``delay`` pictures follow at the last frame's duration."""
+    delay = max(0, min(delay, len(dts) - 1))
+    step = last_duration or (int(dts[-1] - dts[-2]) if len(dts) > 1 else 1) or 1
+    tail = dts[-1] + step * np.arange(1, delay + 1, dtype=np.int64)
+    return np.concatenate([dts[delay:], tail])
 
 
 def _refuse_truncated(path: str, container, stream, packets_read: int) -> None:
@@ -253,7 +301,11 @@ def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rot
         header = float(stream.duration * stream.time_base)
     elif container.duration is not None:
         header = container.duration / 1e6
-    rate = float(stream.average_rate) if stream.average_rate else (len(pts) / duration_s if duration_s > 0 else 0.0)
+    measured = len(pts) / duration_s if duration_s > 0 else 0.0
+    header_rate = float(stream.average_rate) if stream.average_rate else 0.0
+    # the header's exact rational (30000/1001) where it agrees with the frames; a variable-rate file's header
+    # rate is often a guess (Matroska: 25)
+    rate = header_rate if header_rate and abs(header_rate - measured) <= 0.01 * measured else measured
     width, height = stream.codec_context.width, stream.codec_context.height
     if rotation % 180:
         width, height = height, width
@@ -306,9 +358,10 @@ class DecodeStats:
 
 
 def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None, skip: SkipPoints | None = None,
-                    stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                    stats: DecodeStats | None = None, shown_pts: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode the video and yield ``(pts, rgb uint8 [H, W, 3])`` once for each frame whose pts is in
-    ``wanted_pts``, upright, resized and cropped at decode time.
+    ``wanted_pts`` (:attr:`Probe.pts`), upright, resized and cropped at decode time. ``shown_pts``
+    (:attr:`Probe.shown_pts`, where set): the k-th picture decoded is the one at ``shown_pts[k]``.
 
     With ``skip`` (from :func:`probe`), packets that cannot contribute to a wanted frame are not decoded
     (see :mod:`vfeat.gop`); the frames are the same. Should a wanted frame still not come out that way,
@@ -319,7 +372,7 @@ def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None, sk
     total = len(wanted)
     if skip is not None and skipping_enabled():
         try:
-            for stamp, image in _decode(path, wanted.members(), resize, total, skip, stats):
+            for stamp, image in _decode(path, wanted.members(), resize, total, skip, stats, shown_pts):
                 wanted.discard(stamp)
                 yield stamp, image
         except DecodeError as exc:
@@ -328,11 +381,11 @@ def decode_selected(path: str, wanted_pts: np.ndarray, resize: Resize | None, sk
             return
         stats.fallbacks += 1
         log.warning("%s: %d frame(s) missing after skipping packets; decoding them again in full", path, len(wanted))
-    yield from _decode(path, wanted.members(), resize, total, None, stats)
+    yield from _decode(path, wanted.members(), resize, total, None, stats, shown_pts)
 
 
 def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, skip: SkipPoints | None,
-            stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
+            stats: DecodeStats, shown_pts: np.ndarray | None) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
     from av.video.reformatter import VideoReformatter
@@ -349,6 +402,7 @@ def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, sk
         threads = int(os.environ.get("VFEAT_DECODE_THREADS", "0") or 0)
         if threads > 0:  # set per decode worker by the pipeline; 0: FFmpeg's default (a thread per core)
             stream.codec_context.thread_count = threads
+        shown = 0  # pictures out of the decoder so far
         try:
             for packet in container.demux(stream):
                 if skipper is not None and packet.size and packet.pts is not None and not skipper.send(int(packet.pts)):
@@ -356,7 +410,11 @@ def _decode(path: str, wanted: np.ndarray, resize: Resize | None, total: int, sk
                     continue
                 stats.packets_sent += 1
                 for frame in packet.decode():
-                    stamp = frame.pts if frame.pts is not None else frame.dts
+                    if shown_pts is not None:  # pictures come out in presentation order
+                        stamp = shown_pts[shown] if shown < len(shown_pts) else None
+                    else:
+                        stamp = frame.pts if frame.pts is not None else frame.dts
+                    shown += 1
                     if stamp is None or int(stamp) not in pending:
                         continue
                     stamp = int(stamp)

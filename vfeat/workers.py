@@ -49,11 +49,11 @@ def decode_job(job: int, path: str, plan: SamplingPlan, resize: Resize, one_clip
         probed = probe(path)
         selection = select_frames(plan, probed.timestamps_s, probed.info.duration_s, one_clip=one_clip)
         rows_of = RowsOfFrame(probed.pts[selection.frame_indices])
-        timestamps_ms = probed.timestamps_s[selection.frame_indices] * 1000.0
+        timestamps_ms = probed.timestamps_ms[selection.frame_indices]
         yield ("video", job, probed.info.as_dict(), timestamps_ms, selection.clip_rows)
         rows: list[list[int]] = []
         pixels: list[np.ndarray] = []
-        for pts, image in decode_selected(path, rows_of.wanted, resize, probed.skip):
+        for pts, image in decode_selected(path, rows_of.wanted, resize, probed.skip, shown_pts=probed.shown_pts):
             rows.append(rows_of[pts])
             pixels.append(image)
             if len(pixels) >= CHUNK_FRAMES:
