@@ -91,6 +91,7 @@ def test_load_from_path(tmp_path):
     ({"labels": {"from": "parent_folder", "patern": "x"}}, r"unknown key 'patern' in labels"),
     ({"classes": ["a", "b", "a"]}, r"t\.yaml: duplicate classes: a"),
     ({"classes": ["Air Drumming", "air_drumming"]}, r"duplicate classes: 'Air Drumming' ~ 'air_drumming'"),
+    ({"classes": ["YoYo", "yo yo"]}, r"duplicate classes: 'YoYo' ~ 'yo yo'"),  # one prompt for both: a forced tie
     ({"templates": ["a video"]}, r"template 'a video' must contain exactly one \{\}"),
     ({"type": "ranking"}, r"unknown type 'ranking'"),
     ({"labels": {"from": "filename", "pattern": "v_(.*)"}}, r"named group \(\?P<label>"),
@@ -176,6 +177,16 @@ def test_labels_csv_gives_same_labels_as_folders(tmp_path):
     csv_labels, report = T.labels_for(task, flat_ids, labels_csv=tmp_path / "labels.csv")
     np.testing.assert_array_equal(csv_labels, folder_labels)
     assert report.num_labeled == 5
+
+
+def test_labels_match_classes_ignoring_spaces(tmp_path):
+    """UCF101's class names are CamelCase ('RockClimbingIndoor'); a labels CSV written with spaces matches."""
+    task = T.load_task("ucf101")
+    ids = ["a.avi", "b.avi", "c.avi"]
+    (tmp_path / "labels.csv").write_text("video_id,label\na.avi,Rock Climbing Indoor\nb.avi,yo-yo\nc.avi,apply eye makeup\n")
+    labels, report = T.labels_for(task, ids, labels_csv=tmp_path / "labels.csv")
+    assert [task.classes[i] for i in labels] == ["RockClimbingIndoor", "YoYo", "ApplyEyeMakeup"]
+    assert report.num_labeled == 3
 
 
 def test_labels_csv_rows_without_a_stored_video_are_reported(tmp_path):

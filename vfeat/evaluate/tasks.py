@@ -69,7 +69,7 @@ def class_text(label: str) -> str:
 def match_key(label: str) -> str:
     """Normalised key used to compare label strings (see the module docstring)."""
     s = re.sub(r"['\u2019\"]", "", label.lower())
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", s).split())
+    return re.sub(r"[^0-9a-z]+", "", s)
 
 
 @dataclass(frozen=True)
