@@ -772,6 +772,21 @@ def test_search_finds_the_planted_moment(tmp_path, model, moments):
     assert [h["score"] for h in hits] == pytest.approx([s for s, _, _ in every[:3]], abs=1e-5)
 
 
+def test_search_lists_a_frame_stored_twice_once(tmp_path, model):
+    """Rows repeat where sampling targets fall on one frame (--fps above the video's rate): one moment each."""
+    emb = dict(zip("ABN", model.ref.embed([TEXT_A, TEXT_B, NEEDLE])))
+    with ShardWriter(str(tmp_path / "twice.zarr"), model.attrs) as writer:
+        for video_id, plan, stamps in [("a.mp4", "NNAB", [0.0, 0.0, 40.0, 80.0]), ("b.mp4", "ANN", [0.0, 40.0, 40.0])]:
+            rows = np.stack([emb[ch] * (1.0 + 0.1 * i) for i, ch in enumerate(plan)]).astype(np.float32)
+            writer.add(VideoRecord(video_id, f"/data/{video_id}", dict(INFO), rows, np.array(stamps)))
+    out = tmp_path / "hits.json"
+    result = cli("search", "--features", tmp_path / "twice.zarr", NEEDLE, "--top", "3", "--json", out)
+    assert result.exit_code == 0, result.output
+    hits = [(h["video_id"], h["timestamp_ms"]) for h in json.loads(out.read_text())["hits"]]
+    assert len(set(hits)) == 3
+    assert set(hits[:2]) == {("a.mp4", 0.0), ("b.mp4", 40.0)}
+
+
 # -- the text cache ------------------------------------------------------------------------------------------
 
 def test_text_embeddings_are_cached(tmp_path, model, monkeypatch):

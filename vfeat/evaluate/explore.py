@@ -54,8 +54,9 @@ def predict(features: str, texts: Sequence[str] | None = None, task: str | None 
 
 
 def search(features: str, query: str, top: int = 10, device: str = "cpu", pretrained: str | None = None) -> list[dict[str, Any]]:
-    """The ``top`` stored frames (or clips) most similar to ``query``: video id, time, cosine score.
-    Streams the store, keeping a running top-k (bounded memory)."""
+    """The ``top`` stored moments (frames, or clips) most similar to ``query``: video id, time, cosine score.
+    Streams the store, keeping a running top-k (bounded memory). A frame stored in several rows (``--fps``
+    above the video's rate, ``--num-frames`` above its frame count) is one moment, listed once."""
     if top < 1:
         raise InputError(f"Invalid --top ({top}). It must be >= 1.")
     if not query.strip():
@@ -66,6 +67,8 @@ def search(features: str, query: str, top: int = 10, device: str = "cpu", pretra
         q = embed_texts(text_tower, [query])[0]
         best: list[tuple[float, str, float]] = []
         for video_id, feats, stamps in store.iter_rows(_rows_name(store)):
+            _, moments = np.unique(stamps, return_index=True)  # the first row of each time
+            feats, stamps = feats[moments], stamps[moments]
             scores = normalise(feats) @ q
             for r in np.argsort(-scores, kind="stable")[:top]:
                 best.append((float(scores[r]), video_id, float(stamps[r])))
