@@ -32,6 +32,19 @@ def test_directory_is_searched_recursively_by_extension(tmp_path):
     assert [Path(s.path) for s in found] == [root / i for i in ids(found)]
 
 
+def test_files_a_directory_search_leaves_out_are_named_once(tmp_path, caplog):
+    """Not silently: a DVD's .vob is a video, a raw .h264 stream or notes are named in one warning; hidden
+    files and a store written beside the videos are not mentioned."""
+    root = tmp_path / "videos"
+    for rel in ("a.mp4", "VTS_01_1.VOB", "raw.h264", "notes.txt", ".DS_Store", "feats.h5", "s.zarr/zarr.json"):
+        touch(root / rel)
+    caplog.set_level("WARNING", logger="vfeat.sources")
+    assert ids(expand_inputs([str(root)])) == ["VTS_01_1.VOB", "a.mp4"]
+    (record,) = caplog.records
+    assert record.getMessage() == (f"{root}: left out 2 file(s) whose extension is not a video's (notes.txt, raw.h264); "
+                                   "name them to include them")
+
+
 def test_file_named_directly_gets_its_file_name(tmp_path):
     video = touch(tmp_path / "sub" / "clip one.mp4")
     (source,) = expand_inputs([str(video)])

@@ -73,7 +73,7 @@ def _say_when_texts_are_embedded() -> None:
 Exit status: 0 when every video was stored, 1 when some videos failed (each failure is printed and
 recorded in the store, see `vfeat info`), 2 for a usage error (bad flag, unknown model, incompatible store).""")
 def extract(
-    inputs: List[str] = typer.Argument(None, help="Video files, directories (searched recursively), globs or URLs."),
+    inputs: List[str] = typer.Argument(None, help="Video files, directories (searched recursively for video extensions: .mp4 .mkv .avi .mov .webm ...; the other files are named in one warning), globs or URLs."),
     out: str = typer.Option(..., "--out", "-o", help="Store to write: a shard (*.zarr or *.h5) or a directory of shards."),
     model: str = typer.Option("ViT-B/32", "--model", "-m", help="Model name (see `vfeat models`)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", "-p", help="Weights: an open_clip tag, a local checkpoint file, or 'none' (random weights, tests and benchmarks only). OpenAI names default to 'openai'."),

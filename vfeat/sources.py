@@ -9,6 +9,7 @@ each other in the store.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,9 +17,14 @@ from typing import Iterable
 
 from vfeat.errors import InputError
 
+log = logging.getLogger(__name__)
+
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .gif".split()
+    ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .mpg .mpeg .ts .mts .m2ts .3gp .3g2 .ogv .gif .vob .mxf .asf .f4v .dv "
+    ".divx .m2v .rm .rmvb .y4m .nut".split()
 )
+
+STORE_FILES = frozenset({".h5", ".hdf5"})  # never videos, and often written next to them
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,18 @@ def _posix(path: str) -> str:
 
 
 def _walk(directory: Path) -> list[Path]:
-    found = [
-        Path(root) / name
-        for root, _dirs, files in os.walk(directory, followlinks=True)
-        for name in files
-        if Path(name).suffix.lower() in VIDEO_EXTENSIONS and not name.startswith(".")
-    ]
+    """The videos under ``directory`` by extension; one warning names what else it holds (hidden files aside),
+    so that a video with an unexpected extension is not left out unnoticed."""
+    found, other = [], []
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.endswith(".zarr")]  # a store written beside the videos
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() not in STORE_FILES:
+                (found if Path(name).suffix.lower() in VIDEO_EXTENSIONS else other).append(Path(root) / name)
+    if other and found:
+        examples = ", ".join(sorted(_posix(os.path.relpath(f, directory)) for f in other)[:3])
+        log.warning("%s: left out %d file(s) whose extension is not a video's (%s%s); name them to include them",
+                    directory, len(other), examples, ", ..." if len(other) > 3 else "")
     return sorted(found)
 
 
