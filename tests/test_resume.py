@@ -100,6 +100,39 @@ def test_rerun_skips_everything_and_changes_nothing(tmp_path, tiny_model, folder
     assert not Path(f"{store}.journal").exists()
 
 
+HOLD_LOCK = """
+import sys, time
+from vfeat.store.lock import writer_lock
+with writer_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("name", ["s.zarr", "s.h5", "shards/"])
+def test_a_second_writer_is_refused_and_a_killed_ones_lock_goes_with_it(tmp_path, tiny_model, folder, name):
+    """Two runs into one store lost videos and left blank records or an unreadable shard; the second is
+    refused (exit 2, naming the first) before it reads or writes anything. The lock is the kernel's: a
+    holder killed with -9 leaves nothing that blocks the rerun."""
+    store = tmp_path / name
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = runner.invoke(app, ["extract", str(folder), "--out", str(store), "--fps", "2", "--workers", "0",
+                                     "--no-progress", *tiny_model.cli_args()])
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.output.split())
+        assert f"{store}: another vfeat extract is writing this store (pid {holder.pid} on " in message
+        assert not store.exists()  # refused before the store was created
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = vfeat.extract([str(folder)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    assert summary.videos_ok == 2
+    # beside the store, not in it: readers never see it
+    assert sorted(p.name for p in tmp_path.rglob("*vfeat-lock")) == [f".{store.name}.vfeat-lock"]
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_new_video_is_the_only_one_processed_and_is_appended(tmp_path, tiny_model, folder, suffix):
     videos = tmp_path / "videos"

@@ -22,6 +22,7 @@ from vfeat.pipeline import (RunStats, check_plan, decode_resize, one_clip_of, on
 from vfeat.sampling import SamplingPlan
 from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
+from vfeat.store.lock import writer_lock
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
 from vfeat.store.writer import ShardWriter
 
@@ -170,22 +171,23 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     _refuse_a_file_name_for_a_directory(out)
     if len(device_list) > 1 and shard_kind(out) is not None:
         raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
-    recover(out)  # what killed runs committed is merged and listed before any engine decides what is done
-    if engine == "ray":
-        from vfeat.engines.ray_engine import run_ray
+    with writer_lock(out):  # one writing command per store: a second one is refused at once
+        recover(out)  # what killed runs committed is merged and listed before any engine decides what is done
+        if engine == "ray":
+            from vfeat.engines.ray_engine import run_ray
 
-        return run_ray(sources, out, device=device, address=address, gpus_per_worker=gpus_per_worker, shard_size=shard_size,
-                       num_workers=ray_workers, on_start=on_start, on_progress=on_progress, **options)
-    if len(device_list) > 1:
-        from vfeat.engines.multidevice import run_devices
+            return run_ray(sources, out, device=device, address=address, gpus_per_worker=gpus_per_worker, shard_size=shard_size,
+                           num_workers=ray_workers, on_start=on_start, on_progress=on_progress, **options)
+        if len(device_list) > 1:
+            from vfeat.engines.multidevice import run_devices
 
-        def settings() -> dict[str, Any]:  # from a CPU copy of the model: the device processes load their own
-            return store_attrs(load_model(model, pretrained, config=model_config, device="cpu", precision=precision,
-                                          towers="image", **model_options), plan, dtype)
+            def settings() -> dict[str, Any]:  # from a CPU copy of the model: the device processes load their own
+                return store_attrs(load_model(model, pretrained, config=model_config, device="cpu", precision=precision,
+                                              towers="image", **model_options), plan, dtype)
 
-        return run_devices(sources, out, device_list, workers, options, on_start, settings, on_progress)
-    return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
-                           on_progress=on_progress, **options)
+            return run_devices(sources, out, device_list, workers, options, on_start, settings, on_progress)
+        return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
+                               on_progress=on_progress, **options)
 
 
 def parse_devices(devices: str) -> list[str]:

@@ -1,0 +1,53 @@
+"""One writing command per store. Two `vfeat extract` runs into the same store would each merge the other's
+journal and list the other's half-made shards as their own (videos lost, blank records, a shard no reader
+opens); the second one is refused instead, at once, naming the first.
+
+The lock is an advisory ``flock`` on a hidden file beside the store (``.NAME.vfeat-lock``), outside the
+store itself, so no reader sees it. The kernel lets go of it when the process ends, however it ends
+(``kill -9`` included): a crashed run never leaves a lock that blocks the rerun. The file stays (removing it
+would race with a run that is opening it). Remote stores (fsspec URLs) have no such lock: one command at a
+time there, as docs/store.md says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from vfeat.errors import StoreError
+from vfeat.store import fs
+
+
+def lock_path(out: str) -> Path:
+    """``feats.zarr`` -> ``.feats.zarr.vfeat-lock`` in the same folder (``feats/`` -> ``.feats.vfeat-lock``)."""
+    store = Path(os.path.abspath(out.rstrip("/") or "/"))
+    return store.parent / f".{store.name}.vfeat-lock"
+
+
+@contextlib.contextmanager
+def writer_lock(out: str) -> Iterator[None]:
+    """Hold the store's writer lock for the block; :class:`StoreError` when another process holds it."""
+    if fs.is_url(out):
+        yield
+        return
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StoreError(f"{out}: another vfeat extract is writing this store ({holder}); wait for it to end, "
+                             f"or write to another --out. Two runs into one store would lose videos.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
