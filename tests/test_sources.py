@@ -45,6 +45,32 @@ def test_files_a_directory_search_leaves_out_are_named_once(tmp_path, caplog):
                                    "name them to include them")
 
 
+def test_a_link_back_up_is_searched_once(tmp_path, caplog):
+    """``a/up -> ..`` stored the same video 41 times (a/x.mp4, a/up/a/x.mp4, ...) until paths grew too long."""
+    root = tmp_path / "loop"
+    touch(root / "a" / "x.mp4")
+    (root / "a" / "up").symlink_to("..")
+    (root / "b").symlink_to("a")  # a second name for a folder: searched once too
+    caplog.set_level("WARNING", logger="vfeat.sources")
+    assert ids(expand_inputs([str(root)])) == ["a/x.mp4"]
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "a/up: not searched again: a link to a folder already searched",
+        "b: not searched again: a link to a folder already searched"]
+
+
+def test_one_path_alone_is_one_input(tmp_path):
+    """``vfeat.extract("videos", ...)``: the folder, not the inputs 'v', 'i', 'd', ... (or, for "videos/",
+    a search of '/' from the trailing slash)."""
+    root = tmp_path / "videos"
+    touch(root / "a.mp4")
+    assert ids(expand_inputs(str(root))) == ids(expand_inputs(root)) == ids(expand_inputs([root])) == ["a.mp4"]
+
+
+def test_a_missing_directory_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path}/nope/: no such directory")):
+        expand_inputs([f"{tmp_path}/nope/"])
+
+
 def test_file_named_directly_gets_its_file_name(tmp_path):
     video = touch(tmp_path / "sub" / "clip one.mp4")
     (source,) = expand_inputs([str(video)])

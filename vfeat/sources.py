@@ -45,8 +45,25 @@ def _walk(directory: Path) -> list[Path]:
     """The videos under ``directory`` by extension; one warning names what else it holds (hidden files aside),
     so that a video with an unexpected extension is not left out unnoticed."""
     found, other = [], []
+    searched = set()  # (device, inode) of each folder: a link back up (a/up -> ..) would loop for ever
     for root, dirs, files in os.walk(directory, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.endswith(".zarr")]  # a store written beside the videos
+        here = os.stat(root)
+        searched.add((here.st_dev, here.st_ino))
+        kept = []
+        for d in sorted(dirs):  # the same folders kept, whatever order the file system lists them in
+            if d.endswith(".zarr"):
+                continue  # a store written beside the videos
+            try:
+                there = os.stat(os.path.join(root, d))
+            except OSError:
+                continue  # a dangling link
+            if (there.st_dev, there.st_ino) in searched:
+                log.warning("%s: not searched again: a link to a folder already searched",
+                            _posix(os.path.relpath(os.path.join(root, d), directory)))
+                continue
+            searched.add((there.st_dev, there.st_ino))
+            kept.append(d)
+        dirs[:] = kept
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() not in STORE_FILES:
                 (found if Path(name).suffix.lower() in VIDEO_EXTENSIONS else other).append(Path(root) / name)
@@ -57,13 +74,16 @@ def _walk(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def expand_inputs(inputs: Iterable[str], file_list: str | None = None) -> list[VideoSource]:
-    """Resolve inputs in the order given. A missing path is kept as a source (it fails as a recorded
-    failure naming the file, like any unreadable video) unless it is a directory or glob that matches
-    nothing, which is an :class:`InputError` (almost always a typo)."""
+def expand_inputs(inputs: Iterable[str] | str | os.PathLike, file_list: str | None = None) -> list[VideoSource]:
+    """Resolve inputs in the order given (one path alone is one input, not its characters). A missing path
+    is kept as a source (it fails as a recorded failure naming the file, like any unreadable video) unless
+    it is a directory (a trailing ``/``) or glob that matches nothing, which is an :class:`InputError`
+    (almost always a typo)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     sources: list[VideoSource] = []
     for item in inputs:
-        sources.extend(_expand_one(item))
+        sources.extend(_expand_one(os.fspath(item)))
     if file_list is not None:
         sources.extend(read_file_list(file_list))
     _refuse_duplicate_ids(sources)
@@ -74,6 +94,8 @@ def _expand_one(item: str) -> list[VideoSource]:
     if _is_url(item):
         return [VideoSource(item, item)]
     path = Path(item)
+    if item.endswith(("/", os.sep)) and not path.exists():
+        raise InputError(f"{item}: no such directory")
     if path.is_dir():
         files = _walk(path)
         if not files:
