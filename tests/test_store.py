@@ -331,6 +331,31 @@ def test_export_stays_under_the_destination(stores, tmp_path):
         export_places(["a/b.mp4", "a/c.mp4", "a/b.mkv"])
 
 
+def test_export_cuts_names_too_long_for_a_file(stores, tmp_path, caplog):
+    """A 240-character file name is a valid video; with '_timestamps_ms.npy' it is not a valid file name (the
+    export crashed half-way). Cut, with a hash of the id, and said so."""
+    from vfeat.store.format import VideoRecord
+    from vfeat.store.writer import ShardWriter
+
+    with vfeat.open_store(str(stores[".zarr"])) as store:
+        attrs = dict(store.attrs)
+    dim = int(attrs["embed_dim"])
+    info = {"fps": 25.0, "duration_s": 1.0, "width": 64, "height": 48, "num_frames": 25, "start_time_s": 0.0, "rotation": 0}
+    ids = ["L" * 240 + ".mp4", "L" * 240 + "2.mp4", "short.mp4"]
+    store_path = tmp_path / "long.zarr"
+    with ShardWriter(str(store_path), attrs) as writer:
+        for n, video_id in enumerate(ids):
+            writer.add(VideoRecord(video_id, video_id, info, np.full((2, dim), n, np.float32), np.array([0.0, 500.0])))
+    caplog.set_level("WARNING", logger="vfeat.store.export")
+    result = runner.invoke(app, ["export", str(store_path), str(tmp_path / "dest"), "--to", "npy"])
+    assert result.exit_code == 0, result.output
+    assert "2 video id(s) too long for a file name were cut" in caplog.text
+    clips = sorted((tmp_path / "dest").glob("*_clip.npy"))
+    assert len(clips) == 3 and len(list((tmp_path / "dest").glob("*.npy"))) == 9
+    assert max(len(p.name.encode()) for p in (tmp_path / "dest").iterdir()) <= 255
+    assert sorted(int(np.load(p)[0, 0]) for p in clips) == [0, 1, 2]
+
+
 def test_table_clip_count_and_export_of_a_clip_store_across_shards(stores, tmp_path):
     """``videos()``, ``vfeat info``'s clip count and ``vfeat export`` read whole columns and large row ranges
     (a read per video and column took 4.8 minutes for 20,000 videos). Checked against the records written:
