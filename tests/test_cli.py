@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,6 +239,19 @@ def test_unknown_model_exit_2_with_suggestions(tmp_path, small_video):
     assert result.exit_code == 2
     text = one_line(result.output)
     assert "vfeat: error: Unknown --model 'ViT-B/33'. Did you mean:" in text and "ViT-B/32" in text
+
+
+def test_an_internal_error_exits_3_with_its_traceback(tmp_path):
+    """A bug is neither 1 (some videos failed, each recorded) nor 2 (a usage error): a pipeline can tell."""
+    script = ("import sys, vfeat.store.export as export\n"
+              "def broken(*args, **kwargs):\n    raise RuntimeError('a bug')\n"
+              "export.export_store = broken\n"
+              "sys.argv = ['vfeat', 'export', 'any.zarr', 'out']\n"
+              "import vfeat.cli\nvfeat.cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("vfeat: internal error")
 
 
 def test_no_inputs_exit_2(tmp_path):

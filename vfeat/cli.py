@@ -393,6 +393,13 @@ def main() -> None:
     except VfeatError as exc:
         err.print(f"vfeat: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Exception:  # a bug: exit 3, so that a pipeline tells it from 1 (some videos failed, each recorded)
+        import traceback
+
+        traceback.print_exc()
+        err.print("vfeat: internal error (the traceback above is a bug in vfeat; what was stored is kept): exit 3",
+                  markup=False, highlight=False, soft_wrap=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":
