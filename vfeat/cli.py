@@ -147,7 +147,7 @@ def extract(
                       markup=False, highlight=False)
     if json_out:
         Path(json_out).write_text(json.dumps({
-            "timings": summary.timings, "out": summary.out, "videos_total": summary.videos_total, "videos_ok": summary.videos_ok,
+            "timings": summary.timings, "store": out, "out": summary.out, "videos_total": summary.videos_total, "videos_ok": summary.videos_ok,
             "videos_failed": summary.videos_failed, "videos_skipped": summary.videos_skipped, "frames": summary.frames,
             "seconds": summary.seconds, "video_seconds": summary.video_seconds, "failures": [{"id": f.video_id, "path": f.path, "error": f.error} for f in summary.failures],
         }, indent=2))

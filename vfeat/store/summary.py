@@ -33,7 +33,12 @@ def describe(path: str) -> dict[str, Any]:
             "model": model.get("name"),
             "pretrained": model.get("pretrained"),
             "checkpoint_sha256": model.get("checkpoint_sha256"),
+            "model_record": model,  # everything that identifies the model (config, options): docs/store.md
             "random_weights": attrs.get("random_weights"),
+            "has_frames": attrs.get("has_frames"),
+            "has_clips": attrs.get("has_clips"),
+            "logit_scale": attrs.get("logit_scale"),
+            "format_version": attrs.get("format_version"),
             "sampling": attrs.get("sampling"),
             "preprocess": attrs.get("preprocess"),
             "normalized": attrs.get("normalized"),
