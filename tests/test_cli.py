@@ -284,6 +284,22 @@ def test_successful_run_exit_0_and_summary_line(tmp_path, tiny_model, small_vide
     assert "model waiting for frames " in times and "decoders waiting" not in times  # no decode process ran
 
 
+def test_piped_tables_are_not_cut(tmp_path, tiny_model, small_video):
+    """Piped (a pipeline, `| grep`), rich would cut every table at 80 columns: ids and hashes ended in '…'."""
+    name = "a_video_name_long_enough_that_an_80_column_table_would_cut_it_short.mp4"
+    shutil.copy(small_video, tmp_path / name)
+    store = tmp_path / "s.zarr"
+    assert runner.invoke(app, ["extract", str(tmp_path / name), "--out", str(store), "--fps", "1", "--workers", "0",
+                               "--no-progress", *tiny_model.cli_args()]).exit_code == 0
+    info = json.loads(subprocess.run([*vfeat_command(), "info", str(store), "--json"], capture_output=True, text=True,
+                                     check=True).stdout)
+    table = subprocess.run([*vfeat_command(), "info", str(store)], capture_output=True, text=True, check=True).stdout
+    assert len(info["checkpoint_sha256"]) == 64 and info["checkpoint_sha256"] in table
+    hits = subprocess.run([*vfeat_command(), "search", "--features", str(store), "anything", "--top", "1"],
+                          capture_output=True, text=True, check=True, env={**os.environ, "VFEAT_CACHE_DIR": str(tmp_path / "cache")})
+    assert name in hits.stdout and "…" not in hits.stdout
+
+
 def test_summary_says_what_each_side_waited_for_with_decode_processes(tmp_path, tiny_model, small_video):
     """With decode processes both waits are shown, on the "time:" line and in --json's timings."""
     summary = tmp_path / "run.json"

@@ -22,7 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="vfeat: videos to per-frame CLIP embeddings on disk, and zero-shot evaluation from that cache.",
 )
-console = Console(soft_wrap=True)
+# piped or redirected, tables take the width they need: rich's 80 columns cut ids and hashes with '…'
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
 err = Console(stderr=True, soft_wrap=True)
 
 #: extract's "time:" line. The two waits say what bounds a run: the model waiting for frames (decoding:
