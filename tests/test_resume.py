@@ -100,6 +100,54 @@ def test_rerun_skips_everything_and_changes_nothing(tmp_path, tiny_model, folder
     assert not Path(f"{store}.journal").exists()
 
 
+def test_a_video_changed_on_disk_since_it_was_stored_is_named(tmp_path, tiny_model, caplog):
+    """A store only appends: a rerun over a replaced file kept the old features without a word."""
+    videos = tmp_path / "videos"
+    make_video(videos, "a.mp4", 1.2, 25, (96, 64))
+    make_video(videos, "b.mp4", 0.8, 25, (96, 64))
+    store = tmp_path / "s.zarr"
+    vfeat.extract([str(videos)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    with vfeat.open_store(str(store)) as opened:
+        table = opened.videos()
+    assert list(table["file_size"]) == [(videos / n).stat().st_size for n in ("a.mp4", "b.mp4")]
+    assert list(table["file_mtime"]) == [(videos / n).stat().st_mtime for n in ("a.mp4", "b.mp4")]
+    make_video(videos, "b.mp4", 2.0, 25, (96, 64))  # another video under the same name
+    caplog.set_level("WARNING", logger="vfeat.extractor")
+    again = vfeat.extract([str(videos)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    assert (again.videos_ok, again.videos_skipped) == (0, 2)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{store}: 1 stored video(s) changed on disk since they were stored (size or modification time): b.mp4; "
+        "the store keeps the features of the file as it was: extract changed videos into a new store"]
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_store_from_before_file_fingerprints_reads_and_appends(tmp_path, tiny_model, folder, suffix, caplog):
+    """Stores written before videos/file_size and videos/file_mtime existed: their videos read as unknown
+    (-1, NaN), are never called changed, and a run appends to them, recording the new videos' files."""
+    store = tmp_path / f"old{suffix}"
+    one = tmp_path / "one"
+    make_video(one, "a.mp4", 1.2, 25, (96, 64))
+    vfeat.extract([str(one)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    if suffix == ".zarr":
+        group = zarr.open_group(str(store), mode="a")
+        del group["videos/file_size"], group["videos/file_mtime"]
+    else:
+        with h5py.File(store, "a") as handle:
+            del handle["videos/file_size"], handle["videos/file_mtime"]
+    with vfeat.open_store(str(store)) as opened:
+        table = opened.videos()
+    assert table["file_size"].tolist() == [-1] and np.isnan(table["file_mtime"]).all()
+    make_video(one, "a.mp4", 2.0, 25, (96, 64))  # changed, but nothing was recorded to tell
+    make_video(one, "c.mp4", 0.8, 25, (96, 64))
+    caplog.set_level("WARNING", logger="vfeat.extractor")
+    summary = vfeat.extract([str(one)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    assert (summary.videos_ok, summary.videos_skipped) == (1, 1) and not caplog.records
+    with vfeat.open_store(str(store)) as opened:
+        table = opened.videos()
+    assert list(table["id"]) == ["a.mp4", "c.mp4"]
+    assert table["file_size"].tolist() == [-1, (one / "c.mp4").stat().st_size]
+
+
 HOLD_LOCK = """
 import sys, time
 from vfeat.store.lock import writer_lock

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import os
 import platform
 import time
@@ -22,9 +23,12 @@ from vfeat.pipeline import (RunStats, check_plan, decode_resize, one_clip_of, on
 from vfeat.sampling import SamplingPlan
 from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
+from vfeat.store.fingerprint import changed_on_disk
 from vfeat.store.lock import writer_lock
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
 from vfeat.store.writer import ShardWriter
+
+log = logging.getLogger(__name__)
 
 STORAGE_DTYPES = ("float16", "float32")
 ENGINES = ("local", "ray")
@@ -173,6 +177,7 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
         raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
     with writer_lock(out):  # one writing command per store: a second one is refused at once
         recover(out)  # what killed runs committed is merged and listed before any engine decides what is done
+        _say_what_changed(out, sources)
         if engine == "ray":
             from vfeat.engines.ray_engine import run_ray
 
@@ -188,6 +193,16 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
             return run_devices(sources, out, device_list, workers, options, on_start, settings, on_progress)
         return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
                                on_progress=on_progress, **options)
+
+
+def _say_what_changed(out: str, sources: list[VideoSource]) -> None:
+    """One warning for stored videos whose file changed since (they are skipped, as stored: a store only
+    appends), so that old features are never kept without a word."""
+    changed = changed_on_disk(out, sources)
+    if changed:
+        log.warning("%s: %d stored video(s) changed on disk since they were stored (size or modification time): %s%s; "
+                    "the store keeps the features of the file as it was: extract changed videos into a new store",
+                    out, len(changed), ", ".join(changed[:3]), ", ..." if len(changed) > 3 else "")
 
 
 def parse_devices(devices: str) -> list[str]:

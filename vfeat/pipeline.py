@@ -29,7 +29,7 @@ from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
-from vfeat.store.format import Failure, VideoRecord
+from vfeat.store.format import VIDEO_FIELDS, Failure, VideoRecord
 from vfeat.store.spool import RowBuffer
 from vfeat.workers import decode_job
 
@@ -242,7 +242,7 @@ def _finish(video: _Video, encoder: VideoEncoder, plan: SamplingPlan, dtype: np.
     record = VideoRecord(
         video_id=video.source.video_id,
         path=video.source.path,
-        info={k: video.info[k] for k in ("fps", "duration_s", "width", "height", "num_frames", "start_time_s", "rotation")},
+        info={k: video.info[k] for k in VIDEO_FIELDS if k in video.info},
         features=None if video.frame_features is None else video.frame_features.finish(),
         timestamps_ms=ts,
     )

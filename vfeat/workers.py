@@ -25,6 +25,7 @@ from vfeat.decode import Resize, decode_selected, probe
 from vfeat.errors import VfeatError
 from vfeat.frame_ring import FrameRing, RingWriter
 from vfeat.sampling import SamplingPlan, select_frames
+from vfeat.store.fingerprint import file_fingerprint
 
 CHUNK_FRAMES = 16
 
@@ -50,7 +51,8 @@ def decode_job(job: int, path: str, plan: SamplingPlan, resize: Resize, one_clip
         selection = select_frames(plan, probed.timestamps_s, probed.info.duration_s, one_clip=one_clip)
         rows_of = RowsOfFrame(probed.pts[selection.frame_indices])
         timestamps_ms = probed.timestamps_ms[selection.frame_indices]
-        yield ("video", job, probed.info.as_dict(), timestamps_ms, selection.clip_rows)
+        info = {**probed.info.as_dict(), **file_fingerprint(path)}  # what the file was: a rerun notices a change
+        yield ("video", job, info, timestamps_ms, selection.clip_rows)
         rows: list[list[int]] = []
         pixels: list[np.ndarray] = []
         for pts, image in decode_selected(path, rows_of.wanted, resize, probed.skip, shown_pts=probed.shown_pts):

@@ -32,7 +32,14 @@ VIDEO_ARRAYS: dict[str, str] = {
     "videos/num_frames": "int64",
     "videos/start_time_s": "float64",
     "videos/rotation": "int32",
+    "videos/file_size": "int64",
+    "videos/file_mtime": "float64",
 }
+#: what a VideoRecord's ``info`` holds: the ``videos/*`` columns but id and path
+VIDEO_FIELDS = tuple(name.split("/", 1)[1] for name in VIDEO_ARRAYS if name not in ("videos/id", "videos/path"))
+#: per-video arrays that stores written before them lack, and the value they read as there (also for a video
+#: whose file could not be looked at: a URL)
+LATER_VIDEO_ARRAYS: dict[str, Any] = {"videos/file_size": -1, "videos/file_mtime": float("nan")}
 CLIP_ARRAYS = {"clips/start_ms": "float64", "clips/end_ms": "float64"}
 FAILURE_ARRAYS = {"failures/id": "str", "failures/path": "str", "failures/error": "str"}
 
@@ -46,7 +53,7 @@ class VideoRecord:
 
     video_id: str
     path: str
-    info: dict[str, Any]  # fps, duration_s, width, height, num_frames, start_time_s, rotation
+    info: dict[str, Any]  # fps, duration_s, width, height, num_frames, start_time_s, rotation, file_size, file_mtime
     features: np.ndarray | SpooledRows | None  # [rows, D] per-frame embeddings (a long video's in a spool file), or None (clip-only models)
     timestamps_ms: np.ndarray  # [rows] presentation time of each stored frame, from the first frame
     clip_features: np.ndarray | None = None  # [clips, D]

@@ -15,7 +15,7 @@ import numpy as np
 from vfeat.errors import StoreError
 from vfeat.store import fs
 from vfeat.store.backends import open_read
-from vfeat.store.format import VIDEO_ARRAYS, Failure, comparable_setting, shard_kind
+from vfeat.store.format import LATER_VIDEO_ARRAYS, VIDEO_ARRAYS, Failure, comparable_setting, shard_kind
 from vfeat.store.tree import interrupted_creation, read_failures
 
 MANIFEST = "manifest.json"
@@ -113,8 +113,8 @@ class Store:
         first_row = np.cumsum([0] + [len(s.ids) for s in self._shards])  # of each shard in a joined column
         rows = first_row[where[:, 0]] + where[:, 1]
         table = {}
-        for name in VIDEO_ARRAYS:
-            column = np.concatenate([np.asarray(s.tree.read(name, 0, len(s.ids))) for s in self._shards])[rows]
+        for name, kind in VIDEO_ARRAYS.items():
+            column = np.concatenate([_column(s.tree, name, kind, len(s.ids)) for s in self._shards])[rows]
             key = name.split("/", 1)[1]
             table[key] = column.astype(object) if key in ("id", "path") else column
         return table
@@ -186,6 +186,15 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _column(tree, name: str, kind: str, count: int) -> np.ndarray:
+    """A ``videos/*`` column of ``count`` videos; one that a store from an older vfeat lacks, or holds for
+    fewer videos, reads as its unknown value there (:data:`~vfeat.store.format.LATER_VIDEO_ARRAYS`)."""
+    values = np.asarray(tree.read(name, 0, count)) if tree.has(name) else np.zeros(0, kind)
+    if name in LATER_VIDEO_ARRAYS and len(values) < count:
+        values = np.concatenate([values, np.full(count - len(values), LATER_VIDEO_ARRAYS[name], dtype=kind)])
+    return values
 
 
 def shard_paths(path: str) -> list[str]:

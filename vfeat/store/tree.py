@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vfeat.store.format import FORMAT_NAME, CLIP_ARRAYS, FAILURE_ARRAYS, FRAME_ARRAYS, VIDEO_ARRAYS, Batch, Failure
+from vfeat.store.format import (FORMAT_NAME, CLIP_ARRAYS, FAILURE_ARRAYS, FRAME_ARRAYS, LATER_VIDEO_ARRAYS, VIDEO_ARRAYS,
+                                 Batch, Failure)
 from vfeat.store.spool import SpooledRows, row_blocks
 
 
@@ -105,9 +106,14 @@ def repair(tree: Tree) -> None:
         for name in ("clips/features", *CLIP_ARRAYS):
             if tree.array(name).shape[0] != clips:
                 tree.array(name).resize((clips,) + tuple(tree.array(name).shape[1:]))
-    for name in VIDEO_ARRAYS:
-        if tree.array(name).shape[0] != n:
+    for name, kind in VIDEO_ARRAYS.items():
+        if name in LATER_VIDEO_ARRAYS and not tree.has(name):  # a store from before this array: its videos read as unknown
+            tree.create(name, kind)
+        length = tree.array(name).shape[0]
+        if length != n:
             tree.array(name).resize((n,))
+        if name in LATER_VIDEO_ARRAYS and length < n:  # created above, or not written by an older vfeat's appends
+            tree.array(name)[length:n] = np.full(n - length, LATER_VIDEO_ARRAYS[name], dtype=kind)
 
 
 def read_ids(tree: Tree) -> list[str]:
@@ -163,6 +169,8 @@ def append(tree: Tree, batch: Batch) -> int:
                 values = np.array([v.video_id for v in videos], dtype=object)
             elif field == "path":
                 values = np.array([v.path for v in videos], dtype=object)
+            elif name in LATER_VIDEO_ARRAYS:
+                values = np.array([v.info.get(field, LATER_VIDEO_ARRAYS[name]) for v in videos], dtype=kind)
             else:
                 values = np.array([v.info[field] for v in videos], dtype=kind)
             _extend(tree.array(name), values, n)
