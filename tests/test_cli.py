@@ -300,6 +300,25 @@ def test_piped_tables_are_not_cut(tmp_path, tiny_model, small_video):
     assert name in hits.stdout and "…" not in hits.stdout
 
 
+def test_json_dash_is_stdout_alone_for_the_next_stage(tmp_path, tiny_model, small_video):
+    """`--json -`: the JSON on stdout, nothing else (the summary lines and tables go to stderr), so that
+    `vfeat ... --json - | jq` works; it wrote a file named '-' before."""
+    store = tmp_path / "s.zarr"
+    env = {**os.environ, "VFEAT_CACHE_DIR": str(tmp_path / "cache")}
+    extract = subprocess.run([*vfeat_command(), "extract", str(small_video), "--out", str(store), "--fps", "1", "--workers", "0",
+                              "--no-progress", "--json", "-", *tiny_model.cli_args()], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=300)
+    assert extract.returncode == 0, extract.stderr
+    summary = json.loads(extract.stdout)
+    assert (summary["store"], summary["videos_ok"]) == (str(store), 1)
+    assert "1 stored, 0 failed" in extract.stderr and not (tmp_path / "-").exists()
+    search = subprocess.run([*vfeat_command(), "search", "--features", str(store), "anything", "--top", "1", "--json", "-"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert search.returncode == 0, search.stderr
+    assert json.loads(search.stdout)["hits"][0]["video_id"] == small_video.name
+    assert "rank" in search.stderr  # the table
+
+
 def test_summary_says_what_each_side_waited_for_with_decode_processes(tmp_path, tiny_model, small_video):
     """With decode processes both waits are shown, on the "time:" line and in --json's timings."""
     summary = tmp_path / "run.json"

@@ -298,6 +298,16 @@ def test_export_pickle(stores, tmp_path):
     assert float(record["fps"]) == pytest.approx(30000 / 1001)
 
 
+def test_iter_rows_of_rows_the_store_does_not_hold_is_an_error(stores):
+    """A frame-level store asked for clip rows gave an empty stream, as if it held no videos."""
+    with vfeat.open_store(str(stores[".zarr"])) as store:
+        assert store.has_frames and not store.has_clips
+        with pytest.raises(vfeat.StoreError, match="the store holds no clips/features"):
+            next(store.iter_rows("clips/features"))
+        with pytest.raises(vfeat.StoreError, match="no rows named 'timestamps_ms'"):
+            next(store.iter_rows("timestamps_ms"))
+
+
 def test_export_unknown_format(stores, tmp_path):
     result = runner.invoke(app, ["export", str(stores[".zarr"]), str(tmp_path / "x"), "--to", "csv"])
     assert result.exit_code == 2

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -99,7 +99,7 @@ def extract(
     wise_with: Optional[str] = typer.Option(None, "--wise-with", help="WiSE-FT: second checkpoint to interpolate with."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="WiSE-FT: weight of --wise-with (0..1)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the run summary as JSON to this file."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the run summary as JSON to this file (- : to stdout, the summary lines then to stderr)."),
     engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (Ray Data on a cluster; see docs/scale.md)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray: cluster to join (auto, or ray://host:10001, host:6379); default starts a local Ray instance."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray: GPUs per model actor (0: CPU actors)."),
@@ -137,21 +137,22 @@ def extract(
     bar.close()
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     speed = f", {summary.video_seconds / summary.seconds:.1f}x real time" if summary.seconds > 0 and summary.video_seconds else ""
-    console.print(
+    human = _human(json_out)
+    human.print(
         f"{summary.videos_ok} stored, {summary.videos_failed} failed, {summary.videos_skipped} already in the store; "
         f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s{speed}) -> {summary.out}",
         markup=False, highlight=False,
     )
     if summary.timings:
         shown = {k: v for k, v in summary.timings.items() if k != "warm_up_s" or v > 0}  # the warm-up runs on GPUs only
-        console.print("time: " + ", ".join(f"{TIMING_LABELS.get(k, k[:-2].replace('_', ' '))} {v:.1f} s" for k, v in shown.items()),
+        human.print("time: " + ", ".join(f"{TIMING_LABELS.get(k, k[:-2].replace('_', ' '))} {v:.1f} s" for k, v in shown.items()),
                       markup=False, highlight=False)
     if json_out:
-        Path(json_out).write_text(json.dumps({
+        _write_json(json_out, {
             "timings": summary.timings, "store": out, "out": summary.out, "videos_total": summary.videos_total, "videos_ok": summary.videos_ok,
             "videos_failed": summary.videos_failed, "videos_skipped": summary.videos_skipped, "frames": summary.frames,
             "seconds": summary.seconds, "video_seconds": summary.video_seconds, "failures": [{"id": f.video_id, "path": f.path, "error": f.error} for f in summary.failures],
-        }, indent=2))
+        })
     if not summary.ok:
         counts: dict[str, int] = {}
         for failure in summary.failures:
@@ -261,7 +262,7 @@ def evaluate(
     dsl: bool = typer.Option(False, "--dsl", help="Retrieval: dual-softmax re-scoring S * softmax(100 S) over texts, as CLIP-ViP does."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved (checked by sha256)."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to this file."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to this file (- : to stdout, the table then to stderr)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure (PNG): confusion matrix / per-class bars, or recall@K curve."),
 ) -> None:
     """Zero-shot classification, text-video retrieval or multiple choice from a feature store."""
@@ -283,13 +284,13 @@ def evaluate(
         name = result["task"] + (" (DSL)" if result.get("counts", {}).get("dsl") else "")
         for key, value in result["metrics"].items():
             table.add_row(name, key, f"{value:.2f}")
-    console.print(table)
+    shown = _human(json_out)
+    shown.print(table)
     for result in results:
         for note in result["notes"]:
-            console.print(f"{result['task']}: {note}", markup=False, highlight=False)
+            shown.print(f"{result['task']}: {note}", markup=False, highlight=False)
     if json_out:
-        slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
-        Path(json_out).write_text(json.dumps(slim, indent=2, default=str))
+        _write_json(json_out, [{k: v for k, v in r.items() if k != "predictions"} for r in results])
     if plot:
         from vfeat.evaluate.plots import plot_result
 
@@ -366,7 +367,7 @@ def search(
     query: str = typer.Argument(..., help="Text to search for."),
     features: str = typer.Option(..., "--features", "-f", help="Feature store."),
     top: int = typer.Option(10, "--top", help="Number of moments to return."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write hits as JSON to this file."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write hits as JSON to this file (- : to stdout, the table then to stderr)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
 ) -> None:
@@ -383,9 +384,24 @@ def search(
     table = Table("rank", "video", "time (s)", "score")
     for hit in hits:
         table.add_row(str(hit["rank"]), hit["video_id"], f"{hit['timestamp_ms'] / 1000:.3f}", f"{hit['score']:.4f}")
-    console.print(table)
+    _human(json_out).print(table)
     if json_out:
-        Path(json_out).write_text(json.dumps({"query": query, "features": features, "hits": hits}, indent=2))
+        _write_json(json_out, {"query": query, "features": features, "hits": hits})
+
+
+def _human(json_out: Optional[str]) -> Console:
+    """Where tables and summaries go: stdout, or stderr when the JSON takes stdout (``--json -``)."""
+    return err if json_out == "-" else console
+
+
+def _write_json(json_out: str, payload: Any) -> None:
+    """``--json FILE``; ``--json -`` prints it on stdout, alone, for the next stage of a pipeline."""
+    text = json.dumps(payload, indent=2, default=str)
+    if json_out == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        Path(json_out).write_text(text)
 
 
 def main() -> None:

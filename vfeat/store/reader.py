@@ -156,8 +156,13 @@ class Store:
         )
 
     def iter_rows(self, name: str = "features", chunk_rows: int = 65536) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """Stream ``(video_id, rows, timestamps_ms or None)`` video by video, reading shards in large
-        chunks (bounded memory for stores larger than RAM)."""
+        """Stream ``(video_id, rows, timestamps_ms)`` video by video (``"clips/features"``: clip rows and their
+        start times), reading shards in large chunks (bounded memory for stores larger than RAM)."""
+        holds = {"features": self.has_frames, "clips/features": self.has_clips}
+        if name not in holds:
+            raise StoreError(f"iter_rows: no rows named {name!r}; choose features or clips/features")
+        if not holds[name]:
+            raise StoreError(f"{self.path}: the store holds no {name} (has_frames {self.has_frames}, has_clips {self.has_clips})")
         for shard_no, shard in enumerate(self._shards):
             offsets = shard.offsets if name == "features" else shard.clip_offsets
             if offsets is None:
