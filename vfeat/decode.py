@@ -243,11 +243,12 @@ def probe(path: str) -> Probe:
             pts = pts[pts >= first_shown]
         # a decoder that reorders pictures (known once it has decoded the first), and packet times that are not
         # presentation times (those of B-frames would not increase in file order): time pictures by output order
+        decode_times = np.asarray(dts_list, dtype=np.int64)
         by_output = (container.format.name in DECODE_TIME_FORMATS and bool(stream.codec_context.has_b_frames)
-                     and stamps_increase and len(pts) == len(dts_list))
+                     and stamps_increase and len(pts) == len(decode_times) and bool(np.all(np.diff(decode_times) > 0)))
         if by_output:
             delay = min(max(packets_to_first_picture - 1, 1), 16)  # pictures held back; H.264 holds 16 at most
-            pts = _times_by_output(np.asarray(dts_list, dtype=np.int64), delay, last_duration)
+            pts = _times_by_output(decode_times, delay, last_duration)
         info = _info(path, container, stream, pts, last_duration, rotation or 0)
     finally:
         container.close()
