@@ -181,6 +181,23 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_goes_with_it(tmp_path
     assert sorted(p.name for p in tmp_path.rglob("*vfeat-lock")) == [f".{store.name}.vfeat-lock"]
 
 
+def test_where_the_lock_cannot_go_beside_a_directory_store_it_goes_inside(tmp_path, monkeypatch):
+    """A store's folder the user may not write in: the lock of a directory store is a hidden file inside it."""
+    import vfeat.store.lock as lock
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(lock, "lock_path", lambda out: blocker / "x.vfeat-lock")  # its folder cannot be made
+    store = tmp_path / "shards"
+    store.mkdir()
+    with lock.writer_lock(str(store)):
+        assert (store / ".vfeat-lock").exists()
+        holder = subprocess.run([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
+                                 "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(store / ".vfeat-lock")],
+                                capture_output=True, text=True)
+        assert holder.returncode != 0 and "BlockingIOError" in holder.stderr  # held
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_new_video_is_the_only_one_processed_and_is_appended(tmp_path, tiny_model, folder, suffix):
     videos = tmp_path / "videos"

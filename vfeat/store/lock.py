@@ -5,7 +5,8 @@ opens); the second one is refused instead, at once, naming the first.
 The lock is an advisory ``flock`` on a hidden file beside the store (``.NAME.vfeat-lock``), outside the
 store itself, so no reader sees it. The kernel lets go of it when the process ends, however it ends
 (``kill -9`` included): a crashed run never leaves a lock that blocks the rerun. The file stays (removing it
-would race with a run that is opening it). Remote stores (fsspec URLs) have no such lock: one command at a
+would race with a run that is opening it). Where the store's folder may not be written in, a directory store
+holds its lock inside (``.vfeat-lock``, hidden from readers). Remote stores (fsspec URLs) have no such lock: one command at a
 time there, as docs/store.md says.
 """
 
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
 
 from vfeat.errors import StoreError
 from vfeat.store import fs
+
+log = logging.getLogger(__name__)
 
 
 def lock_path(out: str) -> Path:
@@ -34,8 +38,20 @@ def writer_lock(out: str) -> Iterator[None]:
         yield
         return
     path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as exc:  # a folder the user may not write in (the store's own may be writable)
+        inside = Path(out) / ".vfeat-lock"
+        try:
+            handle = open(inside, "a+") if Path(out).is_dir() else None
+        except OSError:
+            handle = None
+        if handle is None:
+            log.warning("%s: not locked against a second writer: cannot create %s (%s)", out, path, exc.strerror or exc)
+            yield
+            return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
