@@ -566,6 +566,42 @@ def _state(pid: int) -> str:
         return "Z"
 
 
+def test_sigterm_writes_what_was_finished_and_the_rerun_resumes(tmp_path, tiny_model, interrupt_corpus):
+    """SIGTERM to the run alone (a scheduler ending the job, `kill PID`): the videos finished since the last
+    journal part (written every 32 videos or 20 s) are written, not lost as Python's default death would
+    lose them; one line, exit 143, no decode process left; the rerun stores only the rest."""
+    store = tmp_path / "terminated.zarr"
+    code = "import sys; from vfeat.cli import main; sys.argv[0] = 'vfeat'; main()"
+    args = ["extract", str(interrupt_corpus), "--fps", "25", "--workers", "2", "--batch-size", "1", "--no-progress",
+            "--out", str(store), *tiny_model.cli_args()]
+    env = {**os.environ, "VFEAT_FLUSH_VIDEOS": "1000"}  # no journal part before the signal: what is kept, it wrote
+    run = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env=env)
+    try:
+        assert wait_for(lambda: store.exists(), timeout=120)
+        time.sleep(3.0)  # some videos finished (~16 a second on an idle machine, of ~10 s of work)
+        assert run.poll() is None
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=60)
+        assert wait_for(lambda: subprocess.run(["pgrep", "-g", str(run.pid)], capture_output=True).returncode == 1,
+                        timeout=30, poll=0.1), "processes left after SIGTERM"
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert run.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"vfeat: terminated after (\d+) of 160 videos; what was written is kept in "
+                                            + re.escape(str(store)) + ": run the same command again to resume.", lines[0]), stderr
+    finished = int(re.search(r"after (\d+) of", lines[0])[1])
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    done = re.search(r"(\d+) stored, 0 failed, (\d+) already in the store", rerun.output)
+    assert done and int(done[1]) + int(done[2]) == 160, rerun.output
+    assert 1 <= finished <= int(done[2]) < 160  # every video it had finished was kept
+
+
 def test_ctrl_c_says_what_is_kept_once_and_the_rerun_resumes(tmp_path, tiny_model, interrupt_corpus):
     """Ctrl-C in a terminal signals the whole process group: one line says how far the run got and how to
     resume (no traceback from any decode process), exit 130, no process left; the same command then stores

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -72,7 +73,10 @@ def _say_when_texts_are_embedded() -> None:
   vfeat extract --file-list s3://bucket/videos.txt --model ViT-B/16 --fps 1 --engine ray --address auto --gpus-per-worker 1 --out s3://bucket/features/
 
 Exit status: 0 when every video was stored, 1 when some videos failed (each failure is printed and
-recorded in the store, see `vfeat info`), 2 for a usage error (bad flag, unknown model, incompatible store).""")
+recorded in the store, see `vfeat info`), 2 for a usage error (bad flag, unknown model, incompatible store, a
+store another vfeat extract is writing), 3 for an internal error (a bug: a traceback), 130 when interrupted
+(Ctrl-C), 143 when terminated (SIGTERM). Interrupted or terminated, what was written is kept and the same
+command resumes.""")
 def extract(
     inputs: List[str] = typer.Argument(None, help="Video files, directories (searched recursively for video extensions: .mp4 .mkv .avi .mov .webm ...; the other files are named in one warning), globs or URLs."),
     out: str = typer.Option(..., "--out", "-o", help="Store to write: a shard (*.zarr or *.h5) or a directory of shards."),
@@ -115,6 +119,7 @@ def extract(
     if not inputs and not file_list:
         _fail(VfeatError("no input videos: pass files, directories, globs or --file-list"))
     bar = ExtractProgress(enabled=progress)
+    previous = _end_on_sigterm()
     try:
         summary = run_extract(
             list(inputs or []), out, model, pretrained, fps=fps, num_frames=num_frames, clips=clips, clip_len=clip_len,
@@ -128,12 +133,16 @@ def extract(
         bar.close()
         _fail(exc)
         return
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bar.close()
         progress_so_far = f" after {bar.done} of {bar.todo} videos" if bar.todo else ""
-        err.print(f"vfeat: interrupted{progress_so_far}; what was written is kept in {out}: run the same command "
+        how, status = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        err.print(f"vfeat: {how}{progress_so_far}; what was written is kept in {out}: run the same command "
                   "again to resume.", markup=False, highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(status) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     bar.close()
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     speed = f", {summary.video_seconds / summary.seconds:.1f}x real time" if summary.seconds > 0 and summary.video_seconds else ""
@@ -387,6 +396,23 @@ def search(
     _human(json_out).print(table)
     if json_out:
         _write_json(json_out, {"query": query, "features": features, "hits": hits})
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, `kill`): the run ends as on Ctrl-C, writing the videos it finished
+    since the last journal part, instead of Python's default of dying on the spot."""
+
+
+def _end_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` for this command; returns the handler to put back (None where
+    handlers cannot be set: not the main thread)."""
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:
+        return None
 
 
 def _human(json_out: Optional[str]) -> Console:
