@@ -224,6 +224,20 @@ def test_directory_out_writes_a_shard_and_resumes_across_shards(tmp_path, tiny_m
         assert sorted(store.ids) == ["a.mp4", "b.mp4"]
 
 
+def test_a_video_in_two_shards_counts_once_and_other_dtypes_are_refused(tmp_path, tiny_model, videos):
+    """Shards copied together by hand: a video in both is seen once (its rows too, in `vfeat info`), and a
+    shard stored in another dtype makes the directory unreadable, as docs/store.md says."""
+    root = tmp_path / "copied"
+    one = vfeat.extract([str(videos["a.mp4"])], str(root / "shard-00000.zarr"), fps=FPS, workers=0, **tiny_model.extract_kwargs())
+    vfeat.extract([str(videos["a.mp4"])], str(root / "shard-00001.zarr"), fps=FPS, workers=0, **tiny_model.extract_kwargs())
+    with vfeat.open_store(str(root)) as store:
+        assert (len(store), store.num_frames) == (1, one.frames)
+    vfeat.extract([str(videos["sub/b.mp4"])], str(root / "shard-00002.zarr"), fps=FPS, workers=0, dtype="float32",
+                  **tiny_model.extract_kwargs())
+    with pytest.raises(StoreError, match=r"shard-00002\.zarr: shard written with other settings than"):
+        vfeat.open_store(str(root))
+
+
 def test_directory_run_refuses_shards_written_with_other_settings(tmp_path, tiny_model, videos):
     """Videos another shard holds count as done only if they were extracted alike: a run with another
     sampling is refused, naming the shard and the setting, before it creates a shard of its own (which

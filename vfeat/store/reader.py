@@ -15,7 +15,7 @@ import numpy as np
 from vfeat.errors import StoreError
 from vfeat.store import fs
 from vfeat.store.backends import open_read
-from vfeat.store.format import LATER_VIDEO_ARRAYS, VIDEO_ARRAYS, Failure, comparable_setting, shard_kind
+from vfeat.store.format import IDENTITY_ATTRS, LATER_VIDEO_ARRAYS, VIDEO_ARRAYS, Failure, comparable_setting, shard_kind
 from vfeat.store.tree import interrupted_creation, read_failures
 
 MANIFEST = "manifest.json"
@@ -56,7 +56,7 @@ class Store:
             clip_offsets = tree.read("clips/offsets")[: count + 1] if tree.has("clips/offsets") else None
             shard = _Shard(shard_path, kind, tree, ids, offsets, clip_offsets)
             if self._shards:
-                check = {k: self._shards[0].tree.attrs.get(k) for k in ("model", "sampling", "embed_dim")}
+                check = {k: self._shards[0].tree.attrs.get(k) for k in IDENTITY_ATTRS}
                 if any(comparable_setting(k, tree.attrs.get(k)) != comparable_setting(k, v) for k, v in check.items()):
                     raise StoreError(f"{shard_path}: shard written with other settings than {self._shards[0].path}")
             for index, video_id in enumerate(ids):
@@ -97,7 +97,11 @@ class Store:
 
     @property
     def num_frames(self) -> int:
-        return int(sum(s.offsets[-1] for s in self._shards)) if self.has_frames else 0
+        """Rows of the videos in :attr:`ids` (a video stored in two shards counts once), from the offsets."""
+        if not self.has_frames:
+            return 0
+        counts = [np.diff(s.offsets) for s in self._shards]
+        return int(sum(counts[shard_no][index] for shard_no, index in self._where.values()))
 
     @property
     def num_clips(self) -> int:
