@@ -294,6 +294,41 @@ def test_resize_gives_square_upright_crops(corpus, ffmpeg_frames, kind, crop):
     assert err_upright < np.abs(frames[0].astype(float) - np.rot90(upright, 2)).mean()
 
 
+@pytest.mark.parametrize("kind", ["odd444", "rot90"])
+@pytest.mark.parametrize("mode", ["squash", "longest", "shortest"])
+def test_each_open_clip_resize_mode_gives_open_clip_pixels(corpus, ffmpeg_frames, kind, mode):
+    """SigLIP, DFN and PE weights are preprocessed by squashing the frame to a square, others by keeping the
+    aspect ratio (shortest side and crop; longest side and black bars): the decoder resizes as open_clip's
+    own transform of the upright frame does (the same pixels up to swscale against PIL rounding)."""
+    from open_clip.transform import image_transform
+    from PIL import Image
+
+    path = str(corpus[kind])
+    got = probe(path)
+    (ours,) = [image for _, image in decode_selected(path, got.pts[:1], Resize(64, 64, "BICUBIC", mode))]
+    transform = image_transform(64, is_train=False, resize_mode=mode, interpolation="bicubic", mean=(0, 0, 0), std=(1, 1, 1))
+    reference = (transform(Image.fromarray(ffmpeg_frames(path, [0])[0])).permute(1, 2, 0).numpy() * 255).round()
+    assert ours.shape == reference.shape == (64, 64, 3)
+    assert np.array_equal(ours.reshape(64, -1).sum(axis=1) == 0, reference.reshape(64, -1).sum(axis=1) == 0)  # black bars
+    assert np.abs(ours.astype(float) - reference).mean() < 8.0  # 4:2:0 chroma placement differs (see above)
+    others = [m for m in ("squash", "longest", "shortest") if m != mode]
+    for other in others:  # and it is not another mode's picture
+        (theirs,) = [image for _, image in decode_selected(path, got.pts[:1], Resize(64, 64, "BICUBIC", other))]
+        assert np.abs(theirs.astype(float) - reference).mean() > np.abs(ours.astype(float) - reference).mean()
+
+
+def test_the_models_resize_mode_reaches_the_decoder():
+    from types import SimpleNamespace
+
+    from vfeat.models.base import Preprocess
+    from vfeat.pipeline import decode_resize, resize_to
+
+    siglip_like = SimpleNamespace(preprocess=Preprocess(384, (0.5,) * 3, (0.5,) * 3, "bilinear", "squash"))
+    assert decode_resize(siglip_like) == Resize(384, 384, "BILINEAR", "squash")
+    with pytest.raises(Exception, match="resize mode 'stretch' is not one vfeat knows"):
+        resize_to(224, "bicubic", "stretch")
+
+
 # -- bad files: one message naming the file and the reason ----------------------------------------------------
 
 @pytest.fixture(scope="module")

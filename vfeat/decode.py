@@ -67,6 +67,9 @@ class Resize:
     short_side: int
     crop: int
     interpolation: str = "BICUBIC"
+    #: open_clip's resize modes: "shortest" (as above), "squash" (straight to ``crop`` x ``crop``, the aspect
+    #: ratio not kept: SigLIP, DFN, PE), "longest" (the long side to ``crop``, then padded with black)
+    mode: str = "shortest"
 
 
 #: swscale flags added to every resize: full-resolution chroma when converting 4:2:0 to RGB (without it,
@@ -338,6 +341,13 @@ def _first_picture(packet, path: str) -> tuple[int | None, int | None]:
     return None, None
 
 
+def longest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """Output (width, height) with the long side at ``size``, rounded as open_clip's ``ResizeKeepRatio``
+    (``longest=1``) does; the centre crop then pads the short side to ``size`` with black."""
+    ratio = max(width / size, height / size)
+    return round(width / ratio), round(height / ratio)
+
+
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """Output (width, height) with the short side at ``short_side``; the long side is truncated the way
     torchvision's Resize computes it, so crops line up with open_clip's own preprocessing."""
@@ -446,7 +456,12 @@ def _to_rgb(frame, quarter_turns: int, resize: Resize | None, scaler=None) -> np
     if resize is None:
         image = scaler.reformat(frame, format="rgb24").to_ndarray()
     else:
-        out_w, out_h = resized_size(disp_w, disp_h, resize.short_side)
+        if resize.mode == "squash":
+            out_w = out_h = resize.crop
+        elif resize.mode == "longest":
+            out_w, out_h = longest_side_size(disp_w, disp_h, resize.crop)
+        else:
+            out_w, out_h = resized_size(disp_w, disp_h, resize.short_side)
         if quarter_turns % 2:
             out_w, out_h = out_h, out_w
         flags = _SWS_METHOD.get(resize.interpolation.upper(), 4) | SWS_FULL_CHR_H_INT | SWS_ACCURATE_RND

@@ -25,7 +25,7 @@ import torch
 
 from vfeat.decode import Resize
 from vfeat.decode_processes import HWACCEL_WORKERS, DecodeProcesses, default_workers, start_decode_processes
-from vfeat.errors import InputError
+from vfeat.errors import InputError, ModelError
 from vfeat.models.base import VideoEncoder
 from vfeat.sampling import SamplingPlan
 from vfeat.sources import VideoSource
@@ -289,12 +289,15 @@ def takes_plan(frame_level: bool, plan: SamplingPlan) -> bool:
 
 
 def decode_resize(encoder: VideoEncoder) -> Resize:
-    """Frames leave the decoder at the model's input size, resized with the model's interpolation."""
-    return resize_to(encoder.preprocess.image_size, encoder.preprocess.interpolation)
+    """Frames leave the decoder at the model's input size, resized with the model's interpolation and resize
+    mode (open_clip's: shortest side and crop, squash, or longest side and pad)."""
+    return resize_to(encoder.preprocess.image_size, encoder.preprocess.interpolation, encoder.preprocess.resize_mode)
 
 
-def resize_to(image_size: int, interpolation: str) -> Resize:
-    return Resize(short_side=image_size, crop=image_size, interpolation=_swscale_name(interpolation))
+def resize_to(image_size: int, interpolation: str, mode: str = "shortest") -> Resize:
+    if mode not in ("shortest", "squash", "longest"):
+        raise ModelError(f"resize mode {mode!r} is not one vfeat knows (shortest, squash, longest)")
+    return Resize(short_side=image_size, crop=image_size, interpolation=_swscale_name(interpolation), mode=mode)
 
 
 def one_clip_per_video(encoder: VideoEncoder, plan: SamplingPlan) -> bool:

@@ -16,8 +16,10 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How frames must be prepared: resize the short side to ``image_size`` (``interpolation``),
-    centre-crop ``image_size`` x ``image_size``, scale to [0, 1], normalise with ``mean``/``std``."""
+    """How frames must be prepared: resize the short side to ``image_size`` (``interpolation``) and
+    centre-crop ``image_size`` x ``image_size`` (``resize_mode`` "shortest"; "squash": straight to
+    ``image_size`` x ``image_size``; "longest": the long side to ``image_size``, padded with black), scale to
+    [0, 1], normalise with ``mean``/``std``."""
 
     image_size: int
     mean: tuple[float, float, float]
