@@ -151,3 +151,22 @@ def test_load_model_towers(tiny_model):
     assert image.text_dropped and not image.image_dropped and text.image_dropped and not text.text_dropped
     with pytest.raises(ValueError, match="towers"):
         load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config, towers="video")
+
+
+def test_a_tokenizer_that_needs_transformers_is_built_only_to_tokenize(tiny_model, monkeypatch):
+    """SigLIP's tokenizer is Hugging Face's, which needs `transformers` (not a vfeat dependency): extraction
+    never tokenizes, so it loads and encodes frames; tokenizing is one clear error, not a traceback."""
+    import open_clip
+
+    from vfeat.errors import ModelError
+
+    def missing(name):
+        raise RuntimeError("Please `pip install transformers` to use pre-trained HuggingFace tokenizers")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", missing)
+    encoder = load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config, device="cpu", towers="image")
+    size = encoder.preprocess.image_size
+    assert encoder.encode_frames(torch.zeros(1, 3, size, size)).shape == (1, encoder.embed_dim)
+    both = load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config, device="cpu")
+    with pytest.raises(ModelError, match=f"^{tiny_model.name}: its text tokenizer needs the transformers package"):
+        both.tokenize(["a dog"])

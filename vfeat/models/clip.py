@@ -13,7 +13,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -30,10 +30,12 @@ RANDOM = "none"
 class ClipEncoder(VideoEncoder):
     frame_level = True
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocess: Preprocess, identity: ModelIdentity) -> None:
+    def __init__(self, model: torch.nn.Module, make_tokenizer: Callable[[], Any], preprocess: Preprocess,
+                 identity: ModelIdentity) -> None:
         super().__init__()
         self.model = model
-        self._tokenizer = tokenizer
+        self._make_tokenizer = make_tokenizer  # built on first use: extraction never tokenizes
+        self._tokenizer: Any = None
         self.preprocess = preprocess
         self.identity = identity
         self.embed_dim = int(getattr(model.visual, "output_dim", 0) or _probe_dim(model, preprocess))
@@ -51,6 +53,8 @@ class ClipEncoder(VideoEncoder):
         return VideoEmbeddings(frames=frames, clips=frames.float().mean(dim=1))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        if self._tokenizer is None:
+            self._tokenizer = self._make_tokenizer()
         return self._tokenizer(list(texts))
 
     def encode_text_tokens(self, tokens: Any) -> torch.Tensor:
@@ -169,10 +173,23 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         identity_options["model_config"] = recorded_path(str(config_path))
     recorded = recorded_path(str(pretrained)) if is_file else str(pretrained)
     identity = ModelIdentity(name=name, pretrained=recorded, checkpoint_sha256=checkpoint_sha, options=identity_options)
-    encoder = ClipEncoder(model, open_clip.get_tokenizer(arch), preprocess, identity)
+    encoder = ClipEncoder(model, lambda: _tokenizer(arch, name), preprocess, identity)
     if without:
         encoder.drop_tower(without)
     return encoder
+
+
+def _tokenizer(arch: str, name: str) -> Any:
+    """open_clip's tokenizer of ``arch``; SigLIP's and other Hugging Face tokenizers need ``transformers``,
+    which vfeat does not require (extraction never tokenizes): one clear error where it is missing."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(arch)
+    except (ImportError, RuntimeError) as exc:
+        if "transformers" not in str(exc):
+            raise
+        raise ModelError(f"{name}: its text tokenizer needs the transformers package: pip install transformers") from None
 
 
 class _RandomInitWarning(logging.Filter):
