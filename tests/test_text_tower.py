@@ -170,3 +170,15 @@ def test_a_tokenizer_that_needs_transformers_is_built_only_to_tokenize(tiny_mode
     both = load_model(tiny_model.name, tiny_model.state_dict, config=tiny_model.config, device="cpu")
     with pytest.raises(ModelError, match=f"^{tiny_model.name}: its text tokenizer needs the transformers package"):
         both.tokenize(["a dog"])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_clip_encode_video_takes_fp32_pixels_at_reduced_precision(tiny_model, precision):
+    """As the video models do: the Python API's fp32 pixels meet fp16/bf16 weights (a dtype error before)."""
+    kwargs = dict(config=tiny_model.config, device="cpu")
+    reduced = load_model(tiny_model.name, tiny_model.state_dict, precision=precision, **kwargs)
+    full = load_model(tiny_model.name, tiny_model.state_dict, precision="fp32", **kwargs)
+    size = reduced.preprocess.image_size
+    pixels = torch.rand(2, 3, 3, size, size)
+    got, want = reduced.encode_video(pixels).frames.float(), full.encode_video(pixels).frames
+    assert torch.nn.functional.cosine_similarity(got.flatten(0, 1), want.flatten(0, 1)).min() > 0.99

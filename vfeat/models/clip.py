@@ -43,6 +43,8 @@ class ClipEncoder(VideoEncoder):
 
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
         self.require_image_tower()
+        weight = self.model.visual.conv1.weight if hasattr(self.model.visual, "conv1") else next(self.model.visual.parameters())
+        pixels = pixels.to(weight.device, weight.dtype)  # fp32 pixels into an fp16/bf16 model (the pipeline casts already)
         if self.class_token_only:  # the same embeddings as encode_image, with less of the last block
             return image_embedding(self.model.visual, pixels)
         return self.model.encode_image(pixels)
