@@ -182,3 +182,13 @@ def test_clip_encode_video_takes_fp32_pixels_at_reduced_precision(tiny_model, pr
     pixels = torch.rand(2, 3, 3, size, size)
     got, want = reduced.encode_video(pixels).frames.float(), full.encode_video(pixels).frames
     assert torch.nn.functional.cosine_similarity(got.flatten(0, 1), want.flatten(0, 1)).min() > 0.99
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_the_logit_scale_is_not_rounded_to_the_model_precision(tiny_model, precision):
+    """The store records it and `vfeat predict` scales logits by it: bf16 made OpenAI's 100 into 98.9."""
+    kwargs = dict(config=tiny_model.config, device="cpu")
+    full = load_model(tiny_model.name, tiny_model.state_dict, precision="fp32", **kwargs)
+    reduced = load_model(tiny_model.name, tiny_model.state_dict, precision=precision, **kwargs)
+    assert reduced.logit_scale == full.logit_scale
+    assert next(reduced.model.visual.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -71,7 +71,12 @@ def load_model(name: str, pretrained: str | None = None, config: str | None = No
     dtype = resolve_precision(precision, target)
     encoder = encoder.to(target).eval()
     if dtype != torch.float32:
+        # the similarity scale stays fp32: the store records it, and bf16 turns OpenAI's 100 into 98.9
+        scales = {n: p.detach().clone() for n, p in encoder.named_parameters() if n.endswith("logit_scale")}
         encoder = encoder.to(dtype)
+        for n, p in encoder.named_parameters():
+            if n in scales:
+                p.data = scales[n]
     encoder.compute_dtype = dtype  # type: ignore[attr-defined]
     return encoder
 
