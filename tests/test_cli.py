@@ -241,6 +241,13 @@ def test_unknown_model_exit_2_with_suggestions(tmp_path, small_video):
     assert "vfeat: error: Unknown --model 'ViT-B/33'. Did you mean:" in text and "ViT-B/32" in text
 
 
+def test_hub_model_names_say_they_are_not_supported(tmp_path, small_video):
+    result = runner.invoke(app, ["extract", str(small_video), "--out", str(tmp_path / "x.zarr"), "--fps", "1",
+                                 "--model", "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "--no-progress"])
+    assert result.exit_code == 2
+    assert "hf-hub: and local-dir: models are not supported; pass the architecture and the weight file" in one_line(result.output)
+
+
 def test_an_internal_error_exits_3_with_its_traceback(tmp_path):
     """A bug is neither 1 (some videos failed, each recorded) nor 2 (a usage error): a pipeline can tell."""
     script = ("import sys, vfeat.store.export as export\n"

@@ -78,6 +78,9 @@ def check_name(name: str) -> None:
     known = list_models()
     if name in known or open_clip_arch(name) in known:
         return
+    if name.startswith(("hf-hub:", "local-dir:")):
+        raise InputError(f"--model {name}: open_clip's hf-hub: and local-dir: models are not supported; pass the "
+                         "architecture and the weight file: --model ARCH --pretrained FILE (see `vfeat models`).")
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise InputError(f"Unknown --model '{name}'.{hint} Run `vfeat models` for the full list.")
