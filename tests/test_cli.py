@@ -189,7 +189,7 @@ def test_offline_tag_without_cache_is_one_clear_error(tmp_path, small_video):
     assert proc.stderr.startswith("vfeat: error: ") and proc.stderr.count("vfeat: error") == 1
     message = one_line(proc.stderr)
     assert "'openai' weights for ViT-B-32" in message
-    assert "--pretrained /path/to/ViT-B-32.pt" in message
+    assert "--pretrained /path/to/ViT-B-32.pt --weights-tag openai" in message
     assert not store.exists()
 
 

@@ -4,6 +4,8 @@ and a clear error if anything still asks the encoder for the tower it lacks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -192,3 +194,40 @@ def test_the_logit_scale_is_not_rounded_to_the_model_precision(tiny_model, preci
     reduced = load_model(tiny_model.name, tiny_model.state_dict, precision=precision, **kwargs)
     assert reduced.logit_scale == full.logit_scale
     assert next(reduced.model.visual.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def test_weights_tag_gives_a_local_file_the_tags_preprocessing_and_activation(tiny_model, monkeypatch, tmp_path):
+    """A local copy of a tag's weights (offline) was preprocessed and activated as the architecture's defaults:
+    OpenAI mean/std, shortest-side crop, GELU. --weights-tag names the tag; its open_clip config decides."""
+    import open_clip
+    from open_clip.model import QuickGELU
+
+    from vfeat.errors import InputError
+
+    import json
+
+    config = json.loads(Path(tiny_model.config).read_text())
+    config["quick_gelu"] = False  # a GELU architecture, as ViT-B-32 is, whose OpenAI weights need QuickGELU
+    gelu = tmp_path / "vfeat-tiny-gelu.json"
+    gelu.write_text(json.dumps(config))
+    name = "vfeat-tiny-gelu"
+    tag = {"quick_gelu": True, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "resize_mode": "squash",
+           "interpolation": "bilinear"}
+    real_tags, real_cfg = open_clip.list_pretrained_tags_by_model, open_clip.get_pretrained_cfg
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model",
+                        lambda arch: ["webli"] if arch == name else real_tags(arch))
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg",
+                        lambda arch, tag_name: dict(tag) if (arch, tag_name) == (name, "webli") else real_cfg(arch, tag_name))
+    kwargs = dict(config=str(gelu), device="cpu")
+    plain = load_model(name, tiny_model.state_dict, **kwargs)
+    tagged = load_model(name, tiny_model.state_dict, weights_tag="webli", **kwargs)
+    assert (plain.preprocess.resize_mode, plain.preprocess.interpolation) == ("shortest", "bicubic")
+    assert tagged.preprocess.as_dict() == {**plain.preprocess.as_dict(), "mean": [0.5] * 3, "std": [0.5] * 3,
+                                           "resize_mode": "squash", "interpolation": "bilinear"}
+    assert not any(isinstance(m, QuickGELU) for m in plain.model.modules())
+    assert any(isinstance(m, QuickGELU) for m in tagged.model.modules())
+    assert tagged.identity.options["weights_tag"] == "webli" and tagged.identity.options["quick_gelu"] is True
+    with pytest.raises(InputError, match="--weights-tag laion is not a tag of"):
+        load_model(name, tiny_model.state_dict, weights_tag="laion", **kwargs)
+    with pytest.raises(InputError, match="--pretrained none is not a file"):
+        load_model(name, "none", weights_tag="webli", **kwargs)

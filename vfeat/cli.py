@@ -100,6 +100,7 @@ def extract(
     store_format: Optional[str] = typer.Option(None, "--format", help="Shard format when --out is a directory: zarr (default) or h5."),
     clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Open-VCLIP: the original CLIP weights used for --patching-ratio."),
     patching_ratio: Optional[float] = typer.Option(None, "--patching-ratio", help="Open-VCLIP: weight of the original CLIP in the patched weights (0..1)."),
+    weights_tag: Optional[str] = typer.Option(None, "--weights-tag", help="With a local --pretrained FILE: the open_clip tag whose weights it holds (e.g. openai, laion2b_s32b_b82k), so that it gets the tag's preprocessing and activation rather than the architecture's defaults."),
     wise_with: Optional[str] = typer.Option(None, "--wise-with", help="WiSE-FT: second checkpoint to interpolate with."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="WiSE-FT: weight of --wise-with (0..1)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
@@ -126,7 +127,7 @@ def extract(
             stride=stride, file_list=file_list, model_config=model_config, device=device, precision=precision,
             dtype=dtype, batch_size=batch_size, workers=workers, store_format=store_format, devices=devices,
             hwaccel=hwaccel, hwaccel_workers=hwaccel_workers, on_start=bar.on_start, on_progress=bar.on_progress,
-            clip_weights=clip_weights, patching_ratio=patching_ratio, wise_with=wise_with, alpha=alpha,
+            clip_weights=clip_weights, patching_ratio=patching_ratio, wise_with=wise_with, alpha=alpha, weights_tag=weights_tag,
             engine=engine, address=address, gpus_per_worker=gpus_per_worker, shard_size=shard_size, ray_workers=ray_workers,
         )
     except VfeatError as exc:

@@ -98,7 +98,7 @@ def _refuse_a_file_name_for_a_directory(out: str) -> None:
 
 
 #: what ``extract(**model_options)`` passes to the model families (WiSE-FT; Open-VCLIP patching; open_clip's cache)
-MODEL_OPTIONS = frozenset({"wise_with", "alpha", "clip_weights", "patching_ratio", "cache_dir"})
+MODEL_OPTIONS = frozenset({"wise_with", "alpha", "clip_weights", "patching_ratio", "cache_dir", "weights_tag"})
 
 
 def _refuse_unused_flags(engine: str, address: str | None, gpus_per_worker: float, shard_size: int,

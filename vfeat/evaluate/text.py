@@ -95,7 +95,7 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
     name = model["name"]
     weights = _weights_for(model, pretrained)
     options = dict(model.get("options") or {})
-    family_options = {k: options[k] for k in ("clip_weights", "patching_ratio") if k in options}
+    family_options = {k: options[k] for k in ("clip_weights", "patching_ratio", "weights_tag") if k in options}
     if "wise_with" in options:
         family_options.update(wise_with=options["wise_with"], alpha=options["alpha"])
     config = options.get("model_config") or options.get("config_path")

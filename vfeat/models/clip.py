@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from vfeat.errors import ModelError
+from vfeat.errors import InputError, ModelError
 from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder, tower_parts
 from vfeat.models.class_token import class_token_only, image_embedding
 from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
@@ -105,14 +105,17 @@ def input_size_guess(name: str, config_path: str | None = None) -> int | None:
 
 
 def build(name: str, pretrained: str | None = None, config_path: str | None = None, wise_with: str | None = None,
-          alpha: float | None = None, cache_dir: str | None = None, without: str | None = None) -> ClipEncoder:
+          alpha: float | None = None, cache_dir: str | None = None, without: str | None = None,
+          weights_tag: str | None = None) -> ClipEncoder:
     """Build a CLIP encoder.
 
     ``pretrained``: an open_clip tag (downloaded once into the hub cache), a local weight file (OpenAI
     TorchScript archive, open_clip / OpenAI state dict), or ``"none"`` for random weights (tests and
     benchmarks only). OpenAI names default to their ``openai`` weights. ``wise_with`` + ``alpha``:
     WiSE-FT, weights ``(1 - alpha) * pretrained + alpha * wise_with``. ``without``: ``"text"`` or
-    ``"image"``, the tower to drop (a weight file's load then leaves its weights out).
+    ``"image"``, the tower to drop (a weight file's load then leaves its weights out). ``weights_tag``: the
+    open_clip tag whose weights a local file holds, so that it is preprocessed (mean, std, resize mode) and
+    activated (QuickGELU or GELU) as the tag is, not as the architecture's defaults.
     """
     import open_clip
 
@@ -126,10 +129,21 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         else:
             raise ModelError(f"--pretrained is required for {name}: one of {', '.join(tags) or '(no published tags)'}, a local file, or 'none'.")
     is_file = pretrained != RANDOM and (os.path.sep in pretrained or os.path.exists(pretrained) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    tag_cfg: dict[str, Any] = {}
+    if weights_tag is not None:
+        if not is_file:
+            raise InputError("--weights-tag names the tag whose weights a local --pretrained FILE holds; "
+                             f"--pretrained {pretrained} is not a file.")
+        if weights_tag not in tags:
+            raise InputError(f"--weights-tag {weights_tag} is not a tag of {arch}; tags: {', '.join(tags) or '(none)'}.")
+        tag_cfg = dict(open_clip.get_pretrained_cfg(arch, weights_tag))
     if is_file:
         if not os.path.isfile(pretrained):
             raise ModelError(f"{pretrained}: weight file not found")
-        quick_gelu = name in OPENAI_ALIASES  # OpenAI's own weights were trained with QuickGELU
+        if weights_tag is not None:
+            quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+        else:
+            quick_gelu = name in OPENAI_ALIASES  # OpenAI's own weights were trained with QuickGELU
     elif pretrained == RANDOM:
         quick_gelu = False
     elif pretrained in tags:
@@ -162,6 +176,11 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         load_strict(model, mixed, wise_with)
         identity_options.update({"wise_with": recorded_path(str(wise_with)), "wise_sha256": sha256_file(wise_with), "alpha": float(alpha)})
     model.eval()
+    if tag_cfg:  # as open_clip's own load of the tag: its mean, std, interpolation and resize mode
+        from open_clip.transform import merge_preprocess_dict
+
+        open_clip.set_model_preprocess_cfg(model, merge_preprocess_dict(open_clip.get_model_preprocess_cfg(model), tag_cfg))
+        identity_options["weights_tag"] = weights_tag
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size", 224)
     preprocess = Preprocess(
@@ -261,8 +280,8 @@ def _download(arch: str, tag: str, quick_gelu: bool, cache_dir: str | None) -> t
     except Exception:  # network, hub and cache errors come in many types
         raise ModelError(
             f"Could not get the '{tag}' weights for {arch}: they are not in the cache and could not be downloaded. "
-            f"Pass a local checkpoint instead: --pretrained /path/to/{arch}.pt (an OpenAI .pt archive or an "
-            "open_clip state dict), or run once online to fill the cache."
+            f"Pass a local copy of them instead: --pretrained /path/to/{arch}.pt --weights-tag {tag} (an OpenAI .pt "
+            "archive or an open_clip state dict; the tag gives them its preprocessing), or run once online to fill the cache."
         ) from None
     finally:
         hub_constants.HF_HUB_OFFLINE = offline_before

@@ -121,7 +121,7 @@ def _build(name: str, pretrained: str | None, config: str | None, options: dict[
             check_name(name)
         from vfeat.models import clip
 
-        unknown = set(options) - {"wise_with", "alpha", "cache_dir"}
+        unknown = set(options) - {"wise_with", "alpha", "cache_dir", "weights_tag"}
         if unknown:
             flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
             raise InputError(f"{flags} do{'es' if len(unknown) == 1 else ''} not apply to CLIP model {name} "
