@@ -161,7 +161,7 @@ def test_a_mistyped_option_of_the_python_api_is_named(tmp_path):
     families and come back as an option that does not apply to CLIP models)."""
     video = make_video(tmp_path / "a.mp4", 1.0)
     with pytest.raises(vfeat.InputError, match=r"^extract\(\) got unknown option\(s\) fsp; model options are alpha, "
-                                               r"cache_dir, clip_weights, patching_ratio, wise_with\.$"):
+                                               r"cache_dir, clip_weights, patching_ratio, weights_tag, wise_with\.$"):
         vfeat.extract([str(video)], str(tmp_path / "s.zarr"), fsp=1)
     assert not (tmp_path / "s.zarr").exists()
 
