@@ -231,3 +231,30 @@ def test_weights_tag_gives_a_local_file_the_tags_preprocessing_and_activation(ti
         load_model(name, tiny_model.state_dict, weights_tag="laion", **kwargs)
     with pytest.raises(InputError, match="--pretrained none is not a file"):
         load_model(name, "none", weights_tag="webli", **kwargs)
+
+
+def test_a_configuration_edited_since_the_extraction_is_refused(tiny_model, tmp_path, monkeypatch):
+    """Evaluation rebuilds the text tower from the store's record; a configuration file changed since (here
+    its activation) gave another model without a word."""
+    import json
+    import shutil
+
+    import vfeat
+    from vfeat.errors import StoreError
+    from vfeat.evaluate.text import load_store_model
+
+    from conftest import make_video
+
+    config = tmp_path / Path(tiny_model.config).name
+    shutil.copy(tiny_model.config, config)
+    store = tmp_path / "s.zarr"
+    vfeat.extract([str(make_video(tmp_path, "a.mp4", 1.0))], str(store), fps=1.0, workers=0,
+                  **{**tiny_model.extract_kwargs(), "model_config": str(config)})
+    with vfeat.open_store(str(store)) as opened:
+        attrs = opened.attrs
+    load_store_model(attrs)  # as written: the same model
+    edited = json.loads(config.read_text())
+    edited["quick_gelu"] = not edited.get("quick_gelu", False)
+    config.write_text(json.dumps(edited))
+    with pytest.raises(StoreError, match=r"differs from the one that wrote it \(quick_gelu\)"):
+        load_store_model(attrs)

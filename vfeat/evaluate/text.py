@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vfeat.errors import ModelError, StoreError
+from vfeat.store.format import comparable_setting
 
 #: says when texts are embedded (the CLI shows it: the official prompt sets take minutes on a CPU the first time)
 log = logging.getLogger("vfeat.text")
@@ -99,7 +100,22 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
     if "wise_with" in options:
         family_options.update(wise_with=options["wise_with"], alpha=options["alpha"])
     config = options.get("model_config") or options.get("config_path")
-    return load_model(name, weights, config=config, device=device, precision="fp32", towers="text", **family_options)
+    encoder = load_model(name, weights, config=config, device=device, precision="fp32", towers="text", **family_options)
+    _check_rebuilt(model, encoder.identity.as_dict())
+    return encoder
+
+
+def _check_rebuilt(recorded: dict[str, Any], rebuilt: dict[str, Any]) -> None:
+    """The model rebuilt from the record must be the one that wrote the store: a configuration file edited
+    since (quick_gelu, a width) would embed the texts with another model without a word."""
+    want, got = comparable_setting("model", recorded), comparable_setting("model", rebuilt)
+    if want == got:
+        return
+    want_options, got_options = dict(want.get("options") or {}), dict(got.get("options") or {})
+    differ = sorted(k for k in set(want_options) | set(got_options) if want_options.get(k) != got_options.get(k))
+    differ += sorted(k for k in set(want) | set(got) if k != "options" and want.get(k) != got.get(k))
+    raise StoreError(f"the model rebuilt from the store's record differs from the one that wrote it ({', '.join(differ)}): "
+                     "a configuration or weight file changed since the extraction?")
 
 
 def _key(identity: dict[str, Any], texts: Sequence[str]) -> str:
