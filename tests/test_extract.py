@@ -402,6 +402,9 @@ def test_missing_weight_file_names_it(tmp_path, tiny_model, timing_videos):
     with pytest.raises(ModelError, match=f"^{re.escape(str(missing))}: weight file not found$"):
         vfeat.extract([str(timing_videos["short.mp4"])], str(tmp_path / "x.zarr"), fps=1.0,
                       **tiny_model.extract_kwargs(str(missing)))
+    with pytest.raises(ModelError, match=f"^{re.escape(str(tmp_path))}: a directory, not a weight file$"):
+        vfeat.extract([str(timing_videos["short.mp4"])], str(tmp_path / "x.zarr"), fps=1.0,
+                      **tiny_model.extract_kwargs(str(tmp_path)))
 
 
 def test_colliding_ids_refused_before_any_work(tmp_path, tiny_model, timing_videos):

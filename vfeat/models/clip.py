@@ -139,7 +139,7 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         tag_cfg = dict(open_clip.get_pretrained_cfg(arch, weights_tag))
     if is_file:
         if not os.path.isfile(pretrained):
-            raise ModelError(f"{pretrained}: weight file not found")
+            raise ModelError(f"{pretrained}: {'a directory, not a weight file' if os.path.isdir(pretrained) else 'weight file not found'}")
         if weights_tag is not None:
             quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         else:

@@ -99,7 +99,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: weight file not found")
+        raise ModelError(f"{path}: {'a directory, not a weight file' if path.is_dir() else 'weight file not found'}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
