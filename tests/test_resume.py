@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -566,40 +567,58 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-def test_sigterm_writes_what_was_finished_and_the_rerun_resumes(tmp_path, tiny_model, interrupt_corpus):
-    """SIGTERM to the run alone (a scheduler ending the job, `kill PID`): the videos finished since the last
-    journal part (written every 32 videos or 20 s) are written, not lost as Python's default death would
-    lose them; one line, exit 143, no decode process left; the rerun stores only the rest."""
-    store = tmp_path / "terminated.zarr"
+def _signal_a_run(store: Path, args: list[str], send: Callable[[subprocess.Popen], None], after_s: float,
+                  env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Start `vfeat ARGS` in its own process group, signal it ``after_s`` into its work (once the store exists),
+    and return its exit status and stderr, once no process of its group is left."""
     code = "import sys; from vfeat.cli import main; sys.argv[0] = 'vfeat'; main()"
-    args = ["extract", str(interrupt_corpus), "--fps", "25", "--workers", "2", "--batch-size", "1", "--no-progress",
-            "--out", str(store), *tiny_model.cli_args()]
-    env = {**os.environ, "VFEAT_FLUSH_VIDEOS": "1000"}  # no journal part before the signal: what is kept, it wrote
     run = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True, env=env)
     try:
         assert wait_for(lambda: store.exists(), timeout=120)
-        time.sleep(3.0)  # some videos finished (~16 a second on an idle machine, of ~10 s of work)
+        time.sleep(after_s)
         assert run.poll() is None
-        run.send_signal(signal.SIGTERM)
+        send(run)
         _, stderr = run.communicate(timeout=60)
         assert wait_for(lambda: subprocess.run(["pgrep", "-g", str(run.pid)], capture_output=True).returncode == 1,
-                        timeout=30, poll=0.1), "processes left after SIGTERM"
+                        timeout=30, poll=0.1), "processes left after the signal"
     finally:
         try:
             os.killpg(run.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert run.returncode == 143, stderr
+    return run.returncode, stderr
+
+
+def _the_one_line_and_the_rerun(stderr: str, how: str, store: Path, args: list[str]) -> tuple[int, int, int]:
+    """The run's one line (how far it got), then the same command again: (finished, stored now, kept)."""
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and re.fullmatch(r"vfeat: terminated after (\d+) of 160 videos; what was written is kept in "
+    assert len(lines) == 1 and re.fullmatch(rf"vfeat: {how} after (\d+) of 160 videos; what was written is kept in "
                                             + re.escape(str(store)) + ": run the same command again to resume.", lines[0]), stderr
-    finished = int(re.search(r"after (\d+) of", lines[0])[1])
     rerun = runner.invoke(app, args)
     assert rerun.exit_code == 0, rerun.output
     done = re.search(r"(\d+) stored, 0 failed, (\d+) already in the store", rerun.output)
     assert done and int(done[1]) + int(done[2]) == 160, rerun.output
-    assert 1 <= finished <= int(done[2]) < 160  # every video it had finished was kept
+    return int(re.search(r"after (\d+) of", lines[0])[1]), int(done[1]), int(done[2])
+
+
+def _interrupt_args(corpus: Path, store: Path, tiny_model) -> list[str]:
+    return ["extract", str(corpus), "--fps", "25", "--workers", "2", "--batch-size", "1", "--no-progress",
+            "--out", str(store), *tiny_model.cli_args()]
+
+
+def test_sigterm_writes_what_was_finished_and_the_rerun_resumes(tmp_path, tiny_model, interrupt_corpus):
+    """SIGTERM to the run alone (a scheduler ending the job, `kill PID`): the videos finished since the last
+    journal part (written every 32 videos or 20 s) are written, not lost as Python's default death would
+    lose them; one line, exit 143, no decode process left; the rerun stores only the rest."""
+    store = tmp_path / "terminated.zarr"
+    args = _interrupt_args(interrupt_corpus, store, tiny_model)
+    env = {**os.environ, "VFEAT_FLUSH_VIDEOS": "1000"}  # no journal part before the signal: what is kept, it wrote
+    # ~3 s into ~10 s of work (~16 videos a second on an idle machine)
+    status, stderr = _signal_a_run(store, args, lambda run: run.send_signal(signal.SIGTERM), 3.0, env)
+    assert status == 143, stderr
+    finished, _, kept = _the_one_line_and_the_rerun(stderr, "terminated", store, args)
+    assert 1 <= finished <= kept < 160  # every video it had finished was kept
 
 
 def test_ctrl_c_says_what_is_kept_once_and_the_rerun_resumes(tmp_path, tiny_model, interrupt_corpus):
@@ -607,30 +626,8 @@ def test_ctrl_c_says_what_is_kept_once_and_the_rerun_resumes(tmp_path, tiny_mode
     resume (no traceback from any decode process), exit 130, no process left; the same command then stores
     the rest, and only the rest."""
     store = tmp_path / "interrupted.zarr"
-    code = "import sys; from vfeat.cli import main; sys.argv[0] = 'vfeat'; main()"
-    args = ["extract", str(interrupt_corpus), "--fps", "25", "--workers", "2", "--batch-size", "1", "--no-progress",
-            "--out", str(store), *tiny_model.cli_args()]
-    run = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
-    try:
-        assert wait_for(lambda: store.exists(), timeout=120)
-        time.sleep(1.0)  # into the work (~10 s of it), once the run knows how much there is
-        assert run.poll() is None
-        os.killpg(run.pid, signal.SIGINT)
-        _, stderr = run.communicate(timeout=60)
-        assert wait_for(lambda: subprocess.run(["pgrep", "-g", str(run.pid)], capture_output=True).returncode == 1,
-                        timeout=30, poll=0.1), "processes left after Ctrl-C"
-    finally:
-        try:
-            os.killpg(run.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert run.returncode == 130, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and re.fullmatch(r"vfeat: interrupted after (\d+) of 160 videos; what was written is kept in "
-                                            + re.escape(str(store)) + ": run the same command again to resume.", lines[0]), stderr
-    rerun = runner.invoke(app, args)
-    assert rerun.exit_code == 0, rerun.output
-    done = re.search(r"(\d+) stored, 0 failed, (\d+) already in the store", rerun.output)
-    assert done and int(done[1]) >= 1 and int(done[1]) + int(done[2]) == 160, rerun.output
-    assert int(re.search(r"after (\d+) of", lines[0])[1]) <= int(done[2])  # what the line said was done is kept
+    args = _interrupt_args(interrupt_corpus, store, tiny_model)
+    status, stderr = _signal_a_run(store, args, lambda run: os.killpg(run.pid, signal.SIGINT), 1.0)
+    assert status == 130, stderr
+    finished, stored, kept = _the_one_line_and_the_rerun(stderr, "interrupted", store, args)
+    assert stored >= 1 and finished <= kept  # what the line said was done is kept
