@@ -269,7 +269,7 @@ def test_config_errors_are_for_people(tmp_path):
         clip_vip.build(spec_for("clip-vip-b32"), "none", config_path=str(hub))
     with pytest.raises(ModelError, match=r"missing\.json: CLIP-ViP config not found"):
         clip_vip.build(spec_for("clip-vip-b32"), "none", config_path=str(tmp_path / "missing.json"))
-    with pytest.raises(ModelError, match="unknown option"):
+    with pytest.raises(ModelError, match=r"clip-vip-b32: --patching-ratio does not apply to CLIP-ViP \(it takes none of these options\)"):
         clip_vip.build(spec_for("clip-vip-b32"), "none", patching_ratio=0.5)
 
 

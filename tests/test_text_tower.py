@@ -245,11 +245,11 @@ def test_a_configuration_edited_since_the_extraction_is_refused(tiny_model, tmp_
 
     from conftest import make_video
 
-    config = tmp_path / Path(tiny_model.config).name
+    config = tmp_path / "vfeat-tiny-edited.json"  # its own architecture name: open_clip's registry is global
     shutil.copy(tiny_model.config, config)
     store = tmp_path / "s.zarr"
     vfeat.extract([str(make_video(tmp_path, "a.mp4", 1.0))], str(store), fps=1.0, workers=0,
-                  **{**tiny_model.extract_kwargs(), "model_config": str(config)})
+                  **{**tiny_model.extract_kwargs(), "model": "vfeat-tiny-edited", "model_config": str(config)})
     with vfeat.open_store(str(store)) as opened:
         attrs = opened.attrs
     load_store_model(attrs)  # as written: the same model

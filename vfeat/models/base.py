@@ -8,10 +8,12 @@ encoded independently, so the pipeline may batch frames across videos (``frame_l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
+
+from vfeat.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,17 @@ class Preprocess:
             "interpolation": self.interpolation,
             "resize_mode": self.resize_mode,
         }
+
+
+def refuse_other_options(model: str, family: str, given: Iterable[str], accepted: Iterable[str],
+                         flags: Iterable[str] = ()) -> None:
+    """A family's build refuses options it does not take, named as the flags a user typed (``--wise-with``,
+    not ``wise_with``); ``accepted`` also holds the records a rebuild passes (``architecture``)."""
+    other = sorted(set(given) - set(accepted))
+    if other:
+        typed = ", ".join("--" + k.replace("_", "-") for k in other)
+        takes = ", ".join("--" + f.replace("_", "-") for f in sorted(flags)) or "none of these options"
+        raise ModelError(f"{model}: {typed} {'does' if len(other) == 1 else 'do'} not apply to {family} (it takes {takes}).")
 
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -34,7 +34,8 @@ from vfeat.models._layers import (
     openai_bpe,
     weight_sha256,
 )
-from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
+from vfeat.models.base import (OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder,
+                               refuse_other_options)
 from vfeat.models.weights import load_strict, no_random_init, read_state_dict, recorded_path, strip_prefix
 
 PREFIX = "clipmodel."
@@ -392,9 +393,7 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
 
     Options: ``architecture`` (as recorded in an identity; a rebuild whose resolved architecture differs
     is refused)."""
-    unknown = sorted(set(options) - {"architecture"})
-    if unknown:
-        raise ModelError(f"{spec.get('name')}: unknown option(s) {unknown}; CLIP-ViP takes only 'architecture'")
+    refuse_other_options(spec.get("name", "clip-vip"), "CLIP-ViP", options, {"architecture"})
     config = resolve_config(spec.get("architecture"), config_path)
     check_expected("architecture", options.get("architecture"), config.as_official(), spec.get("name", "clip-vip"))
     sha = None

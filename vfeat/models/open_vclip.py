@@ -35,7 +35,8 @@ from vfeat.models._layers import (
     openai_bpe,
     weight_sha256,
 )
-from vfeat.models.base import OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder
+from vfeat.models.base import (OPENAI_MEAN, OPENAI_STD, ModelIdentity, Preprocess, VideoEmbeddings, VideoEncoder,
+                               refuse_other_options)
 from vfeat.models.weights import drop_archive_extras, load_strict, no_random_init, read_state_dict, recorded_path, strip_prefix
 
 PREFIX = "model."
@@ -290,11 +291,9 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
     Options: ``clip_weights`` (the original CLIP: OpenAI archive, ``{"model_state": ...}`` or a state dict),
     ``patching_ratio`` r in [0, 1] (weight of the original CLIP, as ``TEST.PATCHING_RATIO``), and the records
     of an identity (``architecture``, ``clip_weights_sha256``), which a rebuild checks."""
-    known = {"clip_weights", "patching_ratio", "architecture", "clip_weights_sha256"}
-    unknown = sorted(set(options) - known)
     name = spec.get("name", "open-vclip")
-    if unknown:
-        raise ModelError(f"{name}: unknown option(s) {unknown}; Open-VCLIP takes {sorted(known)}")
+    refuse_other_options(name, "Open-VCLIP", options, {"clip_weights", "patching_ratio", "architecture", "clip_weights_sha256"},
+                         flags=("clip_weights", "patching_ratio"))
     ratio = float(options.get("patching_ratio") or 0.0)
     clip_weights = options.get("clip_weights")
     if not 0.0 <= ratio <= 1.0:
