@@ -258,3 +258,37 @@ def test_a_configuration_edited_since_the_extraction_is_refused(tiny_model, tmp_
     config.write_text(json.dumps(edited))
     with pytest.raises(StoreError, match=r"differs from the one that wrote it \(quick_gelu\)"):
         load_store_model(attrs)
+
+
+def test_a_moved_configuration_is_passed_with_model_config(tiny_model, tmp_path, monkeypatch):
+    """A store evaluated on another machine: its weights can be pointed at with --pretrained, and now its
+    configuration file with --model-config (the rebuilt model must still be the recorded one)."""
+    import shutil
+
+    import vfeat
+    from typer.testing import CliRunner
+
+    from conftest import make_video
+    from vfeat.cli import app
+    from vfeat.errors import StoreError
+    from vfeat.evaluate.text import load_store_model
+
+    first, moved = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir(), moved.mkdir()
+    config = first / "vfeat-tiny-moved.json"  # its own architecture name: open_clip's registry is global
+    shutil.copy(tiny_model.config, config)
+    store = tmp_path / "s.zarr"
+    vfeat.extract([str(make_video(tmp_path, "a.mp4", 1.0))], str(store), fps=1.0, workers=0,
+                  **{**tiny_model.extract_kwargs(), "model": "vfeat-tiny-moved", "model_config": str(config)})
+    with vfeat.open_store(str(store)) as opened:
+        attrs = opened.attrs
+    before = load_store_model(attrs).encode_text(["a dog"])
+    shutil.move(str(config), moved / config.name)
+    with pytest.raises(StoreError, match=r"model configuration .*vfeat-tiny-moved\.json is not on this machine; "
+                                         r"pass it with --model-config PATH"):
+        load_store_model(attrs)
+    after = load_store_model(attrs, model_config=str(moved / config.name)).encode_text(["a dog"])
+    assert torch.equal(before, after)
+    monkeypatch.setenv("VFEAT_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["search", "--features", str(store), "a dog", "--model-config", str(moved / config.name)])
+    assert result.exit_code == 0, result.output

@@ -271,6 +271,7 @@ def evaluate(
     multiple_choice: Optional[str] = typer.Option(None, "--multiple-choice", help="CSV video_id,candidate_1..N,answer_index (0-based)."),
     dsl: bool = typer.Option(False, "--dsl", help="Retrieval: dual-softmax re-scoring S * softmax(100 S) over texts, as CLIP-ViP does."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved (checked by sha256)."),
+    model_config: Optional[str] = typer.Option(None, "--model-config", help="Where the store's model configuration file is now, if it moved (the model rebuilt from it must be the recorded one)."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to this file (- : to stdout, the table then to stderr)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure (PNG): confusion matrix / per-class bars, or recall@K curve."),
@@ -285,7 +286,8 @@ def evaluate(
         if plot:
             check_plot_path(plot)
         results = run_evaluate(features, task, classes=classes, templates=templates, labels=labels, captions=captions,
-                               multiple_choice=multiple_choice, dsl=dsl, device=device, pretrained=pretrained)
+                               multiple_choice=multiple_choice, dsl=dsl, device=device, pretrained=pretrained,
+                               model_config=model_config)
     except VfeatError as exc:
         _fail(exc)
         return
@@ -331,6 +333,7 @@ def predict(
     plot: Optional[str] = typer.Option(None, "--plot", help="Timeline heatmap PNG (texts x time), one per video: NAME_<video id>.png when there are several."),
     limit: int = typer.Option(50, "--limit", help="Rows printed on the terminal (all rows go to --out)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
+    model_config: Optional[str] = typer.Option(None, "--model-config", help="Where the store's model configuration file is now, if it moved (the model rebuilt from it must be the recorded one)."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
 ) -> None:
     """Per-frame zero-shot predictions: for each stored frame, the best labels with logit and probability."""
@@ -347,7 +350,8 @@ def predict(
             raise InputError(f"Invalid --limit ({limit}). It must be >= 0.")
         if plot:
             check_plot_path(plot)
-        result = run_predict(features, texts=(texts or []) + (more_texts or []) or None, task=task, top=top, device=device, pretrained=pretrained)
+        result = run_predict(features, texts=(texts or []) + (more_texts or []) or None, task=task, top=top, device=device, pretrained=pretrained,
+                             model_config=model_config)
     except VfeatError as exc:
         _fail(exc)
         return
@@ -379,6 +383,7 @@ def search(
     top: int = typer.Option(10, "--top", help="Number of moments to return."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write hits as JSON to this file (- : to stdout, the table then to stderr)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
+    model_config: Optional[str] = typer.Option(None, "--model-config", help="Where the store's model configuration file is now, if it moved (the model rebuilt from it must be the recorded one)."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
 ) -> None:
     """Find the moments (video, time) that best match a text."""
@@ -387,7 +392,7 @@ def search(
     from vfeat.evaluate.explore import search as run_search
 
     try:
-        hits = run_search(features, query, top=top, device=device, pretrained=pretrained)
+        hits = run_search(features, query, top=top, device=device, pretrained=pretrained, model_config=model_config)
     except VfeatError as exc:
         _fail(exc)
         return

@@ -33,9 +33,10 @@ class TextTower:
     a wrong file is an error, not an argument quietly left unused.
     """
 
-    def __init__(self, attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None) -> None:
+    def __init__(self, attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None,
+                 model_config: str | None = None) -> None:
         self.identity = _model_record(attrs)
-        self._attrs, self._device, self._pretrained = attrs, device, pretrained
+        self._attrs, self._device, self._pretrained, self._model_config = attrs, device, pretrained, model_config
         self._encoder: Any = None
         if pretrained is not None:
             _weights_for(self.identity, pretrained)
@@ -44,7 +45,8 @@ class TextTower:
     def encoder(self) -> Any:
         """The store's model, loaded on first use (:func:`load_store_model`)."""
         if self._encoder is None:
-            self._encoder = load_store_model(self._attrs, device=self._device, pretrained=self._pretrained)
+            self._encoder = load_store_model(self._attrs, device=self._device, pretrained=self._pretrained,
+                                             model_config=self._model_config)
         return self._encoder
 
     @property
@@ -87,9 +89,11 @@ def _weights_for(model: dict[str, Any], pretrained: str | None) -> str | None:
     return weights
 
 
-def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None):
+def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None,
+                     model_config: str | None = None):
     """The model that wrote the store (name + weights + options from its attributes). ``pretrained``
-    points at the same weights when they moved; a different file (by sha256) is refused."""
+    points at the same weights when they moved; a different file (by sha256) is refused. ``model_config``
+    points at its configuration file when that moved; the model rebuilt from it must be the recorded one."""
     from vfeat.models.factory import load_model
 
     model = _model_record(attrs)
@@ -99,7 +103,9 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
     family_options = {k: options[k] for k in ("clip_weights", "patching_ratio", "weights_tag") if k in options}
     if "wise_with" in options:
         family_options.update(wise_with=options["wise_with"], alpha=options["alpha"])
-    config = options.get("model_config") or options.get("config_path")
+    config = model_config or options.get("model_config") or options.get("config_path")
+    if config and not Path(config).is_file():
+        raise StoreError(f"the store's model configuration {config} is not on this machine; pass it with --model-config PATH")
     encoder = load_model(name, weights, config=config, device=device, precision="fp32", towers="text", **family_options)
     _check_rebuilt(model, encoder.identity.as_dict())
     return encoder
