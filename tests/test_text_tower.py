@@ -233,25 +233,33 @@ def test_weights_tag_gives_a_local_file_the_tags_preprocessing_and_activation(ti
         load_model(name, "none", weights_tag="webli", **kwargs)
 
 
+def _store_with_its_own_config(tiny_model, folder: Path, name: str) -> tuple[Path, dict]:
+    """A store extracted with a copy of the tiny configuration, ``folder/NAME.json``, under its own architecture
+    name (open_clip's registry is global: editing the tiny one would change it for later tests)."""
+    import shutil
+
+    import vfeat
+    from conftest import make_video
+
+    folder.mkdir(exist_ok=True)
+    config = folder / f"{name}.json"
+    shutil.copy(tiny_model.config, config)
+    store = folder / "s.zarr"
+    vfeat.extract([str(make_video(folder, "a.mp4", 1.0))], str(store), fps=1.0, workers=0,
+                  **{**tiny_model.extract_kwargs(), "model": name, "model_config": str(config)})
+    with vfeat.open_store(str(store)) as opened:
+        return config, opened.attrs
+
+
 def test_a_configuration_edited_since_the_extraction_is_refused(tiny_model, tmp_path, monkeypatch):
     """Evaluation rebuilds the text tower from the store's record; a configuration file changed since (here
     its activation) gave another model without a word."""
     import json
-    import shutil
 
-    import vfeat
     from vfeat.errors import StoreError
     from vfeat.evaluate.text import load_store_model
 
-    from conftest import make_video
-
-    config = tmp_path / "vfeat-tiny-edited.json"  # its own architecture name: open_clip's registry is global
-    shutil.copy(tiny_model.config, config)
-    store = tmp_path / "s.zarr"
-    vfeat.extract([str(make_video(tmp_path, "a.mp4", 1.0))], str(store), fps=1.0, workers=0,
-                  **{**tiny_model.extract_kwargs(), "model": "vfeat-tiny-edited", "model_config": str(config)})
-    with vfeat.open_store(str(store)) as opened:
-        attrs = opened.attrs
+    config, attrs = _store_with_its_own_config(tiny_model, tmp_path / "run", "vfeat-tiny-edited")
     load_store_model(attrs)  # as written: the same model
     edited = json.loads(config.read_text())
     edited["quick_gelu"] = not edited.get("quick_gelu", False)
@@ -265,23 +273,15 @@ def test_a_moved_configuration_is_passed_with_model_config(tiny_model, tmp_path,
     configuration file with --model-config (the rebuilt model must still be the recorded one)."""
     import shutil
 
-    import vfeat
     from typer.testing import CliRunner
 
-    from conftest import make_video
     from vfeat.cli import app
     from vfeat.errors import StoreError
     from vfeat.evaluate.text import load_store_model
 
-    first, moved = tmp_path / "first", tmp_path / "elsewhere"
-    first.mkdir(), moved.mkdir()
-    config = first / "vfeat-tiny-moved.json"  # its own architecture name: open_clip's registry is global
-    shutil.copy(tiny_model.config, config)
-    store = tmp_path / "s.zarr"
-    vfeat.extract([str(make_video(tmp_path, "a.mp4", 1.0))], str(store), fps=1.0, workers=0,
-                  **{**tiny_model.extract_kwargs(), "model": "vfeat-tiny-moved", "model_config": str(config)})
-    with vfeat.open_store(str(store)) as opened:
-        attrs = opened.attrs
+    config, attrs = _store_with_its_own_config(tiny_model, tmp_path / "first", "vfeat-tiny-moved")
+    store, moved = tmp_path / "first" / "s.zarr", tmp_path / "elsewhere"
+    moved.mkdir()
     before = load_store_model(attrs).encode_text(["a dog"])
     shutil.move(str(config), moved / config.name)
     with pytest.raises(StoreError, match=r"model configuration .*vfeat-tiny-moved\.json is not on this machine; "
