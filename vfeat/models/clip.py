@@ -22,7 +22,7 @@ from vfeat.models.base import ModelIdentity, Preprocess, VideoEmbeddings, VideoE
 from vfeat.models.class_token import class_token_only, image_embedding
 from vfeat.models.registry import OPENAI_ALIASES, open_clip_arch
 from vfeat.models.weights import (drop_archive_extras, interpolate_state_dicts, load_strict, no_random_init, read_state_dict,
-                                  recorded_path, sha256_file, strip_prefix, under_prefixes)
+                                  recorded_path, require_weight_file, sha256_file, strip_prefix, under_prefixes)
 
 RANDOM = "none"
 
@@ -138,8 +138,7 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
             raise InputError(f"--weights-tag {weights_tag} is not a tag of {arch}; tags: {', '.join(tags) or '(none)'}.")
         tag_cfg = dict(open_clip.get_pretrained_cfg(arch, weights_tag))
     if is_file:
-        if not os.path.isfile(pretrained):
-            raise ModelError(f"{pretrained}: {'a directory, not a weight file' if os.path.isdir(pretrained) else 'weight file not found'}")
+        require_weight_file(pretrained)  # before the model is built
         if weights_tag is not None:
             quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         else:

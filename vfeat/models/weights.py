@@ -55,6 +55,14 @@ def recorded_path(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
+def require_weight_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; :class:`ModelError` naming it when it is not a file (missing, or a directory)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: {'a directory, not a weight file' if path.is_dir() else 'weight file not found'}")
+    return path
+
+
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
     """TorchScript archives are zip files with a ``code/`` folder (plain ``torch.save`` zips have none)."""
     try:
@@ -97,9 +105,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Raises :class:`ModelError` naming the file when it is missing or holds no state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: {'a directory, not a weight file' if path.is_dir() else 'weight file not found'}")
+    path = require_weight_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

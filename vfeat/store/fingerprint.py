@@ -39,7 +39,7 @@ def changed_on_disk(out: str, sources: Iterable[VideoSource]) -> list[str]:
         return []
     try:
         with open_store(out) as store:
-            table = store.videos()
+            table = store.videos(columns=("id", "file_size", "file_mtime"))
     except VfeatError:
         return []  # no committed video yet
     stored = {video_id: (size, mtime) for video_id, size, mtime in zip(table["id"], table["file_size"], table["file_mtime"])}
