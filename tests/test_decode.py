@@ -245,8 +245,7 @@ def test_avi_frames_and_times_equal_ffmpeg(avi, ffmpeg_frames, kind):
              if theirs is not None]
     assert len(known) >= got.info.num_frames - 2
     np.testing.assert_allclose([a for a, _ in known], [b for _, b in known], rtol=0, atol=1e-6)
-    if kind != "h264_no_bframes":  # there the demuxer's times (kept: they skip packets) start one frame late
-        assert got.info.start_time_s == pytest.approx(best_effort[0], abs=1e-6)
+    assert got.info.start_time_s == pytest.approx(best_effort[0], abs=1e-6)
 
 
 def test_avi_bframes_through_the_decode_processes_path(avi, ffmpeg_frames):

@@ -252,7 +252,10 @@ def probe(path: str) -> Probe:
         if by_output:
             delay = min(max(packets_to_first_picture - 1, 1), 16)  # pictures held back; H.264 holds 16 at most
             pts = _times_by_output(decode_times, delay, last_duration)
-        info = _info(path, container, stream, pts, last_duration, rotation or 0)
+        start_pts = int(pts[0])
+        if container.format.name in DECODE_TIME_FORMATS and not by_output and not stream.codec_context.has_b_frames:
+            start_pts -= _guessed_delay(np.asarray(pts_list, dtype=np.int64), decode_times)
+        info = _info(path, container, stream, pts, last_duration, rotation or 0, start_pts)
     finally:
         container.close()
     offsets = pts - pts[0]
@@ -265,6 +268,17 @@ def probe(path: str) -> Probe:
 
 #: containers without presentation times: a packet's time is its decode time
 DECODE_TIME_FORMATS = frozenset({"avi"})
+
+
+def _guessed_delay(pts: np.ndarray, dts: np.ndarray) -> int:
+    """The reorder delay the demuxer assumed when it made up presentation times for a stream in a
+    decode-time container whose decoder reorders nothing (H.264 without B-frames in AVI: every time one
+    frame after its decode time). Its pictures are shown at their decode times, as ffmpeg's best-effort times
+    say; the made-up times stay the ones frames are matched by, only the start time is corrected."""
+    if len(pts) != len(dts) or not len(pts):
+        return 0
+    lead = pts - dts
+    return int(lead[0]) if lead[0] > 0 and bool(np.all(lead == lead[0])) else 0
 
 
 def _times_by_output(dts: np.ndarray, delay: int, last_duration: int) -> np.ndarray:
@@ -291,7 +305,8 @@ def _refuse_truncated(path: str, container, stream, packets_read: int) -> None:
                           f"only {packets_read}")
 
 
-def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rotation: int) -> VideoInfo:
+def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rotation: int,
+          start_pts: int) -> VideoInfo:
     time_base = float(stream.time_base)
     if last_duration <= 0:
         gaps = np.diff(pts)
@@ -320,7 +335,7 @@ def _info(path: str, container, stream, pts: np.ndarray, last_duration: int, rot
         fps=rate,
         duration_s=duration_s,
         num_frames=int(len(pts)),
-        start_time_s=float(pts[0] * time_base),
+        start_time_s=float(start_pts * time_base),
         rotation=rotation,
         codec=stream.codec_context.name,
         pix_fmt=stream.codec_context.format.name if stream.codec_context.format else "",
