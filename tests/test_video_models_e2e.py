@@ -92,6 +92,27 @@ def test_open_vclip_end_to_end_with_patching(tmp_path, videos):
         np.testing.assert_allclose(clips[0].astype(np.float32), feats[:4].astype(np.float32).mean(axis=0), atol=2e-3)
 
 
+def test_open_vclip_says_once_what_differs_from_its_own_setting(tmp_path, videos):
+    """Another clip length than the checkpoint's T, and no weight patching, run (a user may want either) but
+    are said, once: both change the embeddings against the release's own evaluation."""
+    config = FIXTURES / "open_vclip" / "config.json"  # T = 4
+    checkpoint = FIXTURES / "open_vclip" / "checkpoint.pt"
+
+    def extract(name: str, *args: str) -> str:
+        result = runner.invoke(app, ["extract", str(videos / "bars.mp4"), "--out", str(tmp_path / name), "--no-progress",
+                                     "--workers", "0", "--model", "open-vclip-b16", "--model-config", str(config), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    own = extract("own.zarr", "--pretrained", str(checkpoint), "--clips", "1", "--clip-len", "4", "--stride", "2")
+    assert "trained on clips" not in own
+    assert own.count("no --patching-ratio") == 1 and "--clip-weights" in own
+    longer = extract("longer.zarr", "--pretrained", str(checkpoint), "--clips", "1", "--clip-len", "6", "--stride", "2")
+    assert longer.count("trained on clips of 4 frames; --clip-len 6 gives clips of 6") == 1
+    random = extract("random.zarr", "--pretrained", "none", "--clips", "1", "--clip-len", "4", "--stride", "2")
+    assert "patching" not in random and "trained on clips" not in random
+
+
 def _tiny_clip_state(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     import open_clip

@@ -18,7 +18,7 @@ from vfeat.decode_processes import DecodeProcesses
 from vfeat.errors import InputError
 from vfeat.models.base import VideoEncoder
 from vfeat.models.factory import input_guess, load_model, resolve_device
-from vfeat.pipeline import (RunStats, check_plan, decode_resize, one_clip_of, one_clip_per_video, resize_to, run, start_decoding,
+from vfeat.pipeline import (RunStats, advice, check_plan, decode_resize, one_clip_of, one_clip_per_video, resize_to, run, start_decoding,
                             takes_plan)
 from vfeat.sampling import SamplingPlan
 from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids
@@ -250,6 +250,9 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
                                  **model_options)
             check_plan(encoder, plan)
         model_load_s = time.perf_counter() - load_started
+        if rank == 0:  # once per run, not once per device process
+            for line in advice(encoder, plan):
+                log.warning("%s", line)
         # the run's seconds: after the model load, which decoding may have overlapped; from the start when the
         # caller loaded the model, so that they hold all of the decoding
         started = load_started if loaded else time.perf_counter()

@@ -283,6 +283,18 @@ def check_plan(encoder: VideoEncoder, plan: SamplingPlan) -> None:
         )
 
 
+def advice(encoder: VideoEncoder, plan: SamplingPlan) -> list[str]:
+    """Settings the model runs with but was not made for, a line each: said once per run, not refused
+    (a clip model takes clips of any length, but its release was trained and evaluated on one)."""
+    lines = list(encoder.advice)
+    per_clip = plan.clip_len if plan.mode == "clips" else plan.num_frames if one_clip_of(encoder.frame_level, plan) else None
+    if encoder.clip_len and per_clip and per_clip != encoder.clip_len:
+        flag = "--clip-len" if plan.mode == "clips" else "--num-frames"
+        lines.append(f"{encoder.identity.name} was trained on clips of {encoder.clip_len} frames; {flag} {per_clip} gives "
+                     f"clips of {per_clip} (it runs, but its embeddings are not those of the model's own setting)")
+    return lines
+
+
 def takes_plan(frame_level: bool, plan: SamplingPlan) -> bool:
     """Whether a model that encodes frames (``frame_level``) or whole clips can encode ``plan``'s samples."""
     return frame_level or plan.mode not in ("fps", "all")

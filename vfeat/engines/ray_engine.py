@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import time
@@ -26,7 +27,7 @@ from vfeat.decode import Resize
 from vfeat.errors import InputError, VfeatError
 from vfeat.extractor import ExtractSummary, store_attrs
 from vfeat.models.factory import load_model
-from vfeat.pipeline import RunStats, check_plan, decode_resize, encode_videos, one_clip_per_video, report
+from vfeat.pipeline import RunStats, advice, check_plan, decode_resize, encode_videos, one_clip_per_video, report
 from vfeat.sampling import SamplingPlan
 from vfeat.shards import RAY_SHARD_PREFIX, committed_elsewhere
 from vfeat.sources import VideoSource
@@ -35,6 +36,8 @@ from vfeat.store.format import Failure, VideoRecord, shard_kind
 from vfeat.store.reader import MANIFEST
 from vfeat.store.writer import ShardWriter, commit_shards, journal_dir
 from vfeat.workers import CHUNK_FRAMES, decode_job
+
+log = logging.getLogger(__name__)
 
 #: Videos handed to a model actor per call; encode_videos mixes their frames into model batches.
 VIDEOS_PER_CALL = 4
@@ -241,6 +244,8 @@ def _from_driver_copy(model_args: dict[str, Any], plan: SamplingPlan, dtype: str
     reported here, not in a remote traceback)."""
     encoder = load_model(**{**model_args, "device": "cpu"}, towers="image")
     check_plan(encoder, plan)
+    for line in advice(encoder, plan):
+        log.warning("%s", line)
     return store_attrs(encoder, plan, dtype), decode_resize(encoder), one_clip_per_video(encoder, plan)
 
 

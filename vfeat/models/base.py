@@ -97,6 +97,9 @@ class VideoEncoder(nn.Module):
     frame_outputs: bool = True
     #: Frames per clip the model was trained with (None: any number).
     clip_len: int | None = None
+    #: What a user should know about the settings the model was built with (not wrong, but not what its
+    #: release evaluates with): said once per extraction run, as a warning line.
+    advice: tuple[str, ...] = ()
     #: The vision tower's last block runs for the class token only, the one token the embedding reads
     #: (``vfeat/models/class_token.py``); set by the families that can, False turns it off.
     class_token_only: bool = False

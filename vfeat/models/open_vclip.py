@@ -333,6 +333,9 @@ def build(spec: Mapping[str, Any], pretrained: str, config_path: str | None = No
             encoder = OpenVClipEncoder(config, identity)
         skip = encoder.tower_prefixes(without)
         load_strict(encoder, {PREFIX + k: v for k, v in state.items()}, source=str(pretrained), skip=skip)
+    if state is not None and ratio == 0:
+        encoder.advice = (f"{name}: the fine-tuned weights as they are (no --patching-ratio); Open-VCLIP's zero-shot "
+                          f"evaluation patches them with the original CLIP, e.g. --clip-weights ViT-B-16.pt --patching-ratio 0.5",)
     if without:
         encoder.drop_tower(without)
     return encoder.eval()
