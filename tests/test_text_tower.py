@@ -292,3 +292,89 @@ def test_a_moved_configuration_is_passed_with_model_config(tiny_model, tmp_path,
     monkeypatch.setenv("VFEAT_CACHE_DIR", str(tmp_path / "cache"))
     result = CliRunner().invoke(app, ["search", "--features", str(store), "a dog", "--model-config", str(moved / config.name)])
     assert result.exit_code == 0, result.output
+
+
+def _moved_away(files: list[Path], folder: Path) -> None:
+    import shutil
+
+    folder.mkdir(exist_ok=True)
+    for file in files:
+        shutil.move(str(file), folder / file.name)
+
+
+def test_weight_files_moved_to_another_folder_are_found_with_weights_dir(tiny_model, tmp_path, monkeypatch):
+    """A WiSE-FT store evaluated after its three files (checkpoint, --wise-with, configuration) moved: before,
+    a moved --wise-with file stopped evaluation with no way to point at it."""
+    import shutil
+
+    import vfeat
+    from conftest import make_video
+    from typer.testing import CliRunner
+
+    from vfeat.cli import app
+    from vfeat.errors import StoreError
+    from vfeat.evaluate.text import load_store_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config, first, second = run / "vfeat-tiny-wdir.json", run / "first.pt", run / "second.pt"
+    shutil.copy(tiny_model.config, config)
+    shutil.copy(tiny_model.state_dict, first)
+    torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in torch.load(first).items()}, second)
+    store = run / "s.zarr"
+    vfeat.extract([str(make_video(run, "a.mp4", 1.0))], str(store), model="vfeat-tiny-wdir", pretrained=str(first),
+                  model_config=str(config), wise_with=str(second), alpha=0.3, fps=1.0, workers=0)
+    with vfeat.open_store(str(store)) as opened:
+        attrs = opened.attrs
+    before = load_store_model(attrs).encode_text(["a dog"])
+
+    _moved_away([first, second, config], tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match=r"first\.pt are not on this machine; .*--weights-dir DIR"):
+        load_store_model(attrs)
+    with pytest.raises(StoreError, match=r"--wise-with weights .*second\.pt are not on this machine; .*--weights-dir DIR"):
+        load_store_model(attrs, pretrained=str(tmp_path / "elsewhere" / "first.pt"))
+    after = load_store_model(attrs, weights_dir=str(tmp_path / "elsewhere")).encode_text(["a dog"])
+    assert torch.equal(before, after)
+
+    torch.save(torch.load(tmp_path / "elsewhere" / "first.pt"), tmp_path / "elsewhere" / "second.pt")  # another file, same name
+    with pytest.raises(StoreError, match=r"differs from the one that wrote it \(wise_sha256\)"):
+        load_store_model(attrs, weights_dir=str(tmp_path / "elsewhere"))
+
+    monkeypatch.setenv("VFEAT_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["search", "--features", str(store), "a dog", "--weights-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "--weights-dir" in result.output and "no such folder" in result.output, result.output
+
+
+def test_open_vclip_clip_weights_moved_are_found_with_weights_dir(tmp_path, monkeypatch):
+    """Open-VCLIP patched with --clip-weights: the original CLIP moved too, and is found by name."""
+    import shutil
+
+    import vfeat
+    from conftest import make_video
+    from typer.testing import CliRunner
+
+    from vfeat.cli import app
+    from vfeat.evaluate.text import load_store_model
+
+    folder = fixture_dir("open_vclip")
+    run = tmp_path / "run"
+    run.mkdir()
+    files = [run / "checkpoint.pt", run / "clip_original.pt", run / "config.json"]
+    for file in files:
+        shutil.copy(folder / file.name, file)
+    store = run / "s.zarr"
+    vfeat.extract([str(make_video(run, "a.mp4", 1.0))], str(store), model="open-vclip-b16", pretrained=str(files[0]),
+                  model_config=str(files[2]), clip_weights=str(files[1]), patching_ratio=0.5, clips=1, clip_len=4, stride=1,
+                  workers=0)
+    with vfeat.open_store(str(store)) as opened:
+        attrs = opened.attrs
+    before = load_store_model(attrs).state_dict()
+    _moved_away(files, tmp_path / "elsewhere")
+    monkeypatch.setenv("VFEAT_CACHE_DIR", str(tmp_path / "cache"))
+    # (the fixture's text tower has a tiny vocabulary: no real text embeds; the error comes at the load, before)
+    result = CliRunner().invoke(app, ["search", "--features", str(store), "a dog",
+                                      "--pretrained", str(tmp_path / "elsewhere" / "checkpoint.pt"),
+                                      "--model-config", str(tmp_path / "elsewhere" / "config.json")])
+    assert result.exit_code == 2 and "--clip-weights weights" in result.output and "--weights-dir" in result.output, result.output
+    after = load_store_model(attrs, weights_dir=str(tmp_path / "elsewhere")).state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -272,6 +272,7 @@ def evaluate(
     dsl: bool = typer.Option(False, "--dsl", help="Retrieval: dual-softmax re-scoring S * softmax(100 S) over texts, as CLIP-ViP does."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved (checked by sha256)."),
     model_config: Optional[str] = typer.Option(None, "--model-config", help="Where the store's model configuration file is now, if it moved (the model rebuilt from it must be the recorded one)."),
+    weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Where the store's weight files are now, if they moved to another folder (checkpoint, --wise-with, --clip-weights, configuration): found there by file name; the weights are checked by sha256, the rebuilt model against the record."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to this file (- : to stdout, the table then to stderr)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a figure (PNG): confusion matrix / per-class bars, or recall@K curve."),
@@ -287,7 +288,7 @@ def evaluate(
             check_plot_path(plot)
         results = run_evaluate(features, task, classes=classes, templates=templates, labels=labels, captions=captions,
                                multiple_choice=multiple_choice, dsl=dsl, device=device, pretrained=pretrained,
-                               model_config=model_config)
+                               model_config=model_config, weights_dir=weights_dir)
     except VfeatError as exc:
         _fail(exc)
         return
@@ -334,6 +335,7 @@ def predict(
     limit: int = typer.Option(50, "--limit", help="Rows printed on the terminal (all rows go to --out)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
     model_config: Optional[str] = typer.Option(None, "--model-config", help="Where the store's model configuration file is now, if it moved (the model rebuilt from it must be the recorded one)."),
+    weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Where the store's weight files are now, if they moved to another folder (checkpoint, --wise-with, --clip-weights, configuration): found there by file name; the weights are checked by sha256, the rebuilt model against the record."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
 ) -> None:
     """Per-frame zero-shot predictions: for each stored frame, the best labels with logit and probability."""
@@ -351,7 +353,7 @@ def predict(
         if plot:
             check_plot_path(plot)
         result = run_predict(features, texts=(texts or []) + (more_texts or []) or None, task=task, top=top, device=device, pretrained=pretrained,
-                             model_config=model_config)
+                             model_config=model_config, weights_dir=weights_dir)
     except VfeatError as exc:
         _fail(exc)
         return
@@ -384,6 +386,7 @@ def search(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write hits as JSON to this file (- : to stdout, the table then to stderr)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved."),
     model_config: Optional[str] = typer.Option(None, "--model-config", help="Where the store's model configuration file is now, if it moved (the model rebuilt from it must be the recorded one)."),
+    weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Where the store's weight files are now, if they moved to another folder (checkpoint, --wise-with, --clip-weights, configuration): found there by file name; the weights are checked by sha256, the rebuilt model against the record."),
     device: str = typer.Option("cpu", "--device", help="Device for the text tower."),
 ) -> None:
     """Find the moments (video, time) that best match a text."""
@@ -392,7 +395,8 @@ def search(
     from vfeat.evaluate.explore import search as run_search
 
     try:
-        hits = run_search(features, query, top=top, device=device, pretrained=pretrained, model_config=model_config)
+        hits = run_search(features, query, top=top, device=device, pretrained=pretrained, model_config=model_config,
+                          weights_dir=weights_dir)
     except VfeatError as exc:
         _fail(exc)
         return

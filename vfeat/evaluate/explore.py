@@ -18,7 +18,8 @@ def _rows_name(store) -> str:
 
 
 def predict(features: str, texts: Sequence[str] | None = None, task: str | None = None, top: int = 1,
-            device: str = "cpu", pretrained: str | None = None, model_config: str | None = None) -> dict[str, Any]:
+            device: str = "cpu", pretrained: str | None = None, model_config: str | None = None,
+            weights_dir: str | None = None) -> dict[str, Any]:
     """Per-frame zero-shot scores against ``texts`` (each text is its own label) or a task's classes
     (prompt-ensembled). Returns the label names and, per row, video id, time, and the top labels with
     logit (scale * cosine) and probability (softmax over labels)."""
@@ -28,7 +29,8 @@ def predict(features: str, texts: Sequence[str] | None = None, task: str | None 
         raise InputError(f"Invalid --top ({top}). It must be >= 1.")
     with open_store(features) as store:
         require_videos(store)
-        text_tower = TextTower(store.attrs, device=device, pretrained=pretrained, model_config=model_config)
+        text_tower = TextTower(store.attrs, device=device, pretrained=pretrained, model_config=model_config,
+                               weights_dir=weights_dir)
         if task:
             t = load_task(task)
             if t.type != "classification":
@@ -54,7 +56,7 @@ def predict(features: str, texts: Sequence[str] | None = None, task: str | None 
 
 
 def search(features: str, query: str, top: int = 10, device: str = "cpu", pretrained: str | None = None,
-           model_config: str | None = None) -> list[dict[str, Any]]:
+           model_config: str | None = None, weights_dir: str | None = None) -> list[dict[str, Any]]:
     """The ``top`` stored moments (frames, or clips) most similar to ``query``: video id, time, cosine score.
     Streams the store, keeping a running top-k (bounded memory). A frame stored in several rows (``--fps``
     above the video's rate, ``--num-frames`` above its frame count) is one moment, listed once."""
@@ -64,7 +66,8 @@ def search(features: str, query: str, top: int = 10, device: str = "cpu", pretra
         raise InputError("The search query is empty.")
     with open_store(features) as store:
         require_videos(store)
-        text_tower = TextTower(store.attrs, device=device, pretrained=pretrained, model_config=model_config)
+        text_tower = TextTower(store.attrs, device=device, pretrained=pretrained, model_config=model_config,
+                               weights_dir=weights_dir)
         q = embed_texts(text_tower, [query])[0]
         best: list[tuple[float, str, float]] = []
         for video_id, feats, stamps in store.iter_rows(_rows_name(store)):

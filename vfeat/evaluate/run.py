@@ -96,14 +96,14 @@ def check_flags(tasks: list[Task], given: dict[str, Any]) -> None:
 def evaluate(features: str, task: str | None = None, *, classes: str | None = None, templates: str | None = None,
              labels: str | None = None, captions: str | None = None, multiple_choice: str | None = None,
              dsl: bool = False, device: str = "cpu", pretrained: str | None = None,
-             model_config: str | None = None) -> list[dict[str, Any]]:
+             model_config: str | None = None, weights_dir: str | None = None) -> list[dict[str, Any]]:
     """Evaluate the store ``features`` on each task; returns one result dict per task."""
     tasks = resolve_tasks(task, classes, templates, captions, multiple_choice)
     check_flags(tasks, {"--labels": labels, "--captions": captions, "--multiple-choice": multiple_choice, "--dsl": dsl})
     with open_store(features) as store:
         attrs = store.attrs
         ids, videos = video_embeddings(store)
-    text_tower = TextTower(attrs, device=device, pretrained=pretrained, model_config=model_config)
+    text_tower = TextTower(attrs, device=device, pretrained=pretrained, model_config=model_config, weights_dir=weights_dir)
     model = attrs.get("model", {})
     results = []
     for t in tasks:

@@ -34,10 +34,13 @@ class TextTower:
     """
 
     def __init__(self, attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None,
-                 model_config: str | None = None) -> None:
+                 model_config: str | None = None, weights_dir: str | None = None) -> None:
         self.identity = _model_record(attrs)
         self._attrs, self._device, self._pretrained, self._model_config = attrs, device, pretrained, model_config
+        self._weights_dir = weights_dir
         self._encoder: Any = None
+        if weights_dir is not None and not Path(weights_dir).is_dir():
+            raise StoreError(f"--weights-dir {weights_dir}: no such folder")
         if pretrained is not None:
             _weights_for(self.identity, pretrained)
 
@@ -46,7 +49,7 @@ class TextTower:
         """The store's model, loaded on first use (:func:`load_store_model`)."""
         if self._encoder is None:
             self._encoder = load_store_model(self._attrs, device=self._device, pretrained=self._pretrained,
-                                             model_config=self._model_config)
+                                             model_config=self._model_config, weights_dir=self._weights_dir)
         return self._encoder
 
     @property
@@ -67,17 +70,30 @@ def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-def _weights_for(model: dict[str, Any], pretrained: str | None) -> str | None:
+def _where_now(recorded: str | None, weights_dir: str | None) -> str | None:
+    """A file the store's record names: where it was, or the file of that name in ``weights_dir`` (the
+    folder the user moved the weights to) when it is no longer there."""
+    if not recorded or Path(recorded).is_file() or weights_dir is None:
+        return recorded
+    moved = Path(weights_dir) / Path(recorded).name
+    return str(moved) if moved.is_file() else recorded
+
+
+def _weights_for(model: dict[str, Any], pretrained: str | None, weights_dir: str | None = None) -> str | None:
     """The weights to rebuild the store's model from: its recorded ones, or ``pretrained`` where they
-    moved, which must be the same file (by sha256) or, for a tag, the same tag."""
+    moved (or the file of that name in ``weights_dir``), which must be the same file (by sha256) or, for a
+    tag, the same tag."""
     stored = model.get("pretrained")
     weights = pretrained or stored
     if model.get("checkpoint_sha256"):
         from vfeat.models.weights import sha256_file
 
+        if pretrained is None:
+            weights = _where_now(stored, weights_dir)
         if not weights or not Path(weights).is_file():
             raise StoreError(
-                f"the store's weights {stored} are not on this machine; pass the same file with --pretrained PATH"
+                f"the store's weights {stored} are not on this machine; pass the same file with --pretrained PATH "
+                "(or the folder that holds the store's weight files with --weights-dir DIR)"
             )
         if sha256_file(weights) != model["checkpoint_sha256"]:
             raise StoreError(
@@ -89,23 +105,36 @@ def _weights_for(model: dict[str, Any], pretrained: str | None) -> str | None:
     return weights
 
 
+#: weight files a model record names besides its checkpoint: the option, and the extract flag that set it
+SECOND_WEIGHTS = (("wise_with", "--wise-with"), ("clip_weights", "--clip-weights"))
+
+
 def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str | None = None,
-                     model_config: str | None = None):
+                     model_config: str | None = None, weights_dir: str | None = None):
     """The model that wrote the store (name + weights + options from its attributes). ``pretrained``
     points at the same weights when they moved; a different file (by sha256) is refused. ``model_config``
-    points at its configuration file when that moved; the model rebuilt from it must be the recorded one."""
+    points at its configuration file when that moved; the model rebuilt from it must be the recorded one.
+    ``weights_dir``: the folder the store's files (checkpoint, second weights, configuration) moved to,
+    found there by name; each is checked as above."""
     from vfeat.models.factory import load_model
 
     model = _model_record(attrs)
     name = model["name"]
-    weights = _weights_for(model, pretrained)
+    weights = _weights_for(model, pretrained, weights_dir)
     options = dict(model.get("options") or {})
     family_options = {k: options[k] for k in ("clip_weights", "patching_ratio", "weights_tag") if k in options}
     if "wise_with" in options:
         family_options.update(wise_with=options["wise_with"], alpha=options["alpha"])
-    config = model_config or options.get("model_config") or options.get("config_path")
+    for option, flag in SECOND_WEIGHTS:
+        if family_options.get(option):
+            family_options[option] = _where_now(family_options[option], weights_dir)
+            if not Path(family_options[option]).is_file():
+                raise StoreError(f"the store's {flag} weights {options[option]} are not on this machine; pass the "
+                                 "folder that holds them with --weights-dir DIR (the same file, checked by sha256)")
+    config = model_config or _where_now(options.get("model_config") or options.get("config_path"), weights_dir)
     if config and not Path(config).is_file():
-        raise StoreError(f"the store's model configuration {config} is not on this machine; pass it with --model-config PATH")
+        raise StoreError(f"the store's model configuration {config} is not on this machine; pass it with --model-config PATH "
+                         "(or the folder that holds it with --weights-dir DIR)")
     encoder = load_model(name, weights, config=config, device=device, precision="fp32", towers="text", **family_options)
     _check_rebuilt(model, encoder.identity.as_dict())
     return encoder
