@@ -21,7 +21,8 @@ from vfeat.models.factory import input_guess, load_model, resolve_device
 from vfeat.pipeline import (RunStats, advice, check_plan, decode_resize, one_clip_of, one_clip_per_video, resize_to, run, start_decoding,
                             takes_plan)
 from vfeat.sampling import SamplingPlan
-from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids
+from vfeat.request import REQUEST_ATTR, run_request
+from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids, stored_requests
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
 from vfeat.store.fingerprint import changed_on_disk
 from vfeat.store.lock import writer_lock
@@ -178,6 +179,11 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     with writer_lock(out):  # one writing command per store: a second one is refused at once
         recover(out)  # what killed runs committed is merged and listed before any engine decides what is done
         _say_what_changed(out, sources)
+        if engine == "local" and encoder is None:
+            request = run_request(model, pretrained, model_config, plan, dtype, model_options)
+            finished = _finished_without_a_model(sources, out, store_format, request, on_start)
+            if finished is not None:
+                return finished
         if engine == "ray":
             from vfeat.engines.ray_engine import run_ray
 
@@ -193,6 +199,24 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
             return run_devices(sources, out, device_list, workers, options, on_start, settings, on_progress)
         return extract_sources(sources, out, device=device_list[0], workers=workers, encoder=encoder, on_start=on_start,
                                on_progress=on_progress, **options)
+
+
+def _finished_without_a_model(sources: list[VideoSource], out: str, store_format: str | None, request: dict[str, Any],
+                              on_start: Callable[[int, int], None] | None) -> ExtractSummary | None:
+    """The summary of a run with nothing to do, where every video is stored by runs asked for exactly this
+    one's settings (:mod:`vfeat.request`): no model is loaded to find that out. ``None`` otherwise."""
+    started = time.perf_counter()
+    shard = shard_for(out, store_format)
+    stored = stored_requests(out, shard, REQUEST_ATTR)
+    if stored is None:
+        return None
+    done, requests = stored
+    if not requests or any(r != request for r in requests) or any(s.video_id not in done for s in sources):
+        return None
+    if on_start:
+        on_start(0, len(sources))
+    return ExtractSummary(out=shard, videos_total=len(sources), videos_skipped=len(sources), videos_ok=0, videos_failed=0,
+                          frames=0, seconds=time.perf_counter() - started, failures=[], video_seconds=0.0)
 
 
 def _say_what_changed(out: str, sources: list[VideoSource]) -> None:
@@ -257,6 +281,8 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
         # caller loaded the model, so that they hold all of the decoding
         started = load_started if loaded else time.perf_counter()
         attrs = store_attrs(encoder, plan, dtype)
+        if not loaded:  # a caller's own model may be another than its name says: no request to match later
+            attrs[REQUEST_ATTR] = run_request(model, pretrained, model_config, plan, dtype, model_options)
         elsewhere = committed_elsewhere(out, shard, attrs)  # refuses other settings before this shard exists
         with ShardWriter(shard, attrs) as writer:
             if on_open is None:

@@ -70,6 +70,28 @@ def stored_ids(out: str, own_shard: str) -> set[str] | None:
         return None
 
 
+def stored_requests(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any]] | None:
+    """Ids stored in ``out`` and the attribute ``attr`` of every shard that holds any (``None`` where it
+    lacks it), read without checking settings. ``None`` where reading fails, or where this process's
+    shard has a journal to replay first: its videos are not all in the shard yet."""
+    try:
+        if fs.exists(own_shard) and fs.exists(journal_dir(own_shard)):
+            return None
+        done: set[str] = set()
+        requests: list[Any] = []
+        for path in sorted({*shard_paths(out), own_shard} if shard_kind(out) is None else {own_shard}):
+            if not fs.exists(path) or not _committed(path):
+                continue
+            with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
+                ids = read_ids(tree)
+                if len(ids):
+                    done.update(ids)
+                    requests.append(dict(tree.attrs).get(attr))
+        return done, requests
+    except Exception:  # noqa: BLE001 - a shortcut only: the run's own reading says what is wrong
+        return None
+
+
 def _committed(path: str, attempts: int = 10, pause_s: float = 0.1) -> bool:
     """Whether a sibling shard has its commit record. Its own process may be creating it right now (afresh,
     or anew after a kill during creation): for a moment it is a folder without metadata, or loses arrays
