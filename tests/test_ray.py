@@ -416,3 +416,21 @@ def test_model_actor_builds_the_records_the_local_engine_stores(videos, tmp_path
                 clips, start_ms, end_ms = want.clips(video_id)
                 assert np.array_equal(record.clip_start_ms, start_ms) and np.array_equal(record.clip_end_ms, end_ms)
                 np.testing.assert_allclose(record.clip_features.astype(np.float32), clips.astype(np.float32), rtol=1e-2, atol=2e-3)
+
+
+def test_failures_name_the_file_as_given(tmp_path, monkeypatch):
+    """Ray's tasks open a relative path by its absolute form; the failure they report names the file as the
+    user gave it, as the local engine's do."""
+    from vfeat.engines.ray_engine import _as_given
+    from vfeat.sampling import SamplingPlan
+    from vfeat.store.format import Failure
+    from vfeat.workers import decode_job
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"not a video")
+    messages = list(decode_job(0, str(tmp_path / "videos" / "broken.mp4"), SamplingPlan(fps=1.0), None, one_clip=False))
+    error = messages[-1][-1]
+    assert str(tmp_path) in error
+    failure = _as_given(Failure("broken.mp4", "videos/broken.mp4", error), {"broken.mp4": "videos/broken.mp4"})
+    assert failure.error.startswith("videos/broken.mp4: ") and str(tmp_path) not in failure.error

@@ -221,8 +221,9 @@ def run_ray(sources: list[VideoSource], out: str, *, model: str, pretrained: str
                              "device": "cuda" if gpus_per_worker > 0 else "cpu"}
         committer = ShardCommitter(out, plan_shards([s.video_id for s in todo], shard_size, store_format or "zarr", committed), attrs)
         dataset = _dataset(todo, plan, resize, one_clip, model_args, dtype, batch_size, workers, gpus_per_worker)
+        given = {s.video_id: s.path for s in todo}
         for row in dataset.iter_rows():
-            record = pickle.loads(row["record"])
+            record = _as_given(pickle.loads(row["record"]), given)
             if committer.take(record):
                 if isinstance(record, Failure):
                     failures.append(record)
@@ -288,6 +289,15 @@ def _remove_uncommitted(out: str) -> set[str]:
         if name.startswith(RAY_SHARD_PREFIX) and name not in listed:
             fs.remove(fs.join(out, name))
     return listed
+
+
+def _as_given(record: VideoRecord | Failure, given: dict[str, str]) -> VideoRecord | Failure:
+    """A failure names the file as the user gave it, as the local engine's do: the tasks opened it by its
+    absolute path (:func:`_absolute`), which their messages carry."""
+    path = given.get(record.video_id)
+    if not isinstance(record, Failure) or path is None or _absolute(path) == path:
+        return record
+    return Failure(record.video_id, record.path, record.error.replace(_absolute(path), path))
 
 
 def _absolute(path: str) -> str:
