@@ -24,6 +24,7 @@ from vfeat.sampling import SamplingPlan
 from vfeat.request import REQUEST_ATTR, run_request
 from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids, stored_requests
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
+from vfeat.store import fs
 from vfeat.store.fingerprint import changed_on_disk
 from vfeat.store.lock import writer_lock
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
@@ -174,6 +175,8 @@ def extract(inputs: list[str], out: str, model: str = "ViT-B/32", pretrained: st
     if engine == "ray" and (encoder is not None or devices):
         raise InputError("--engine ray loads the model in each Ray actor: pass the model by name, and no --devices.")
     _refuse_a_file_name_for_a_directory(out)
+    if not fs.is_url(out) and os.path.islink(out.rstrip("/")):
+        out = os.path.realpath(out)  # the store it names: an HDF5 file is replaced whole, the link would be instead
     if len(device_list) > 1 and shard_kind(out) is not None:
         raise InputError(f"--devices writes one shard per device: --out must be a directory, not {out}.")
     with writer_lock(out):  # one writing command per store: a second one is refused at once

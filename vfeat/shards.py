@@ -116,9 +116,14 @@ def list_shard(out: str, shard: str) -> None:
 
 def recover(out: str) -> None:
     """Before a run decides what is done: merge the journals killed local runs left (videos committed, but
-    in no shard yet), then list every local shard in the manifest, if there is one. Run by the front door
+    in no shard yet; a single-shard store's too, so that the check for changed files sees them), then list
+    every local shard in the manifest, if there is one. Run by the front door
     alone, before any model process starts (it writes into other processes' shards)."""
-    if shard_kind(out) is not None or not fs.isdir(out):
+    if shard_kind(out) is not None:  # a single-shard store: its journal, so that the run sees those videos too
+        if fs.exists(out) and fs.exists(journal_dir(out)):
+            _merge_journal(out)
+        return
+    if not fs.isdir(out):
         return
     names = fs.listdir(out)
     local = [name for name in names if shard_kind(name) is not None and not name.startswith(RAY_SHARD_PREFIX)]

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -25,9 +26,18 @@ from vfeat.store import fs
 log = logging.getLogger(__name__)
 
 
+#: the names vfeat gives the shards of a directory store (vfeat.shards): one of them given as --out is a
+#: part of that directory's dataset, which a run into the directory writes too
+SHARD_OF_A_DIRECTORY = re.compile(r"shard-(\d{5}|ray-[^/]+)\.(zarr|h5)")
+
+
 def lock_path(out: str) -> Path:
-    """``feats.zarr`` -> ``.feats.zarr.vfeat-lock`` in the same folder (``feats/`` -> ``.feats.vfeat-lock``)."""
-    store = Path(os.path.abspath(out.rstrip("/") or "/"))
+    """``feats.zarr`` -> ``.feats.zarr.vfeat-lock`` in the same folder (``feats/`` -> ``.feats.vfeat-lock``),
+    for the store as the file system knows it: through symlinks, and the directory store for one of its own
+    shards, so that no second name of a store gets a second lock."""
+    store = Path(os.path.realpath(out.rstrip("/") or "/"))
+    if SHARD_OF_A_DIRECTORY.fullmatch(store.name):
+        store = store.parent
     return store.parent / f".{store.name}.vfeat-lock"
 
 
