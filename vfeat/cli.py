@@ -138,8 +138,8 @@ def extract(
         bar.close()
         progress_so_far = f" after {bar.done} of {bar.todo} videos" if bar.todo else ""
         how, status = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        err.print(f"vfeat: {how}{progress_so_far}; what was written is kept in {out}: run the same command "
-                  "again to resume.", markup=False, highlight=False)
+        kept = f"what was written is kept in {out}: " if bar.done or not bar.todo else ""
+        err.print(f"vfeat: {how}{progress_so_far}; {kept}run the same command again to resume.", markup=False, highlight=False)
         raise typer.Exit(status) from None
     finally:
         if previous is not None:

@@ -439,9 +439,11 @@ def run(sources: list[VideoSource], encoder: VideoEncoder, plan: SamplingPlan, c
                 stats.warm_up_s = time.perf_counter() - started
         for result in encode_videos(messages, sources, encoder, plan, batch_size=batch_size, storage_dtype=storage_dtype,
                                     stats=stats, spool_dir=spool_dir):
-            if isinstance(result, Failure):
-                fail(result)
-            else:
-                commit(result)
-            report(result, stats, on_progress)
+            try:
+                if isinstance(result, Failure):
+                    fail(result)
+                else:
+                    commit(result)
+            finally:  # an interrupt while a commit writes its journal part: the video is kept, so it counts
+                report(result, stats, on_progress)
     return stats
