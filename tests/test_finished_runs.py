@@ -65,6 +65,7 @@ def test_a_finished_run_again_loads_no_model_and_writes_nothing(tiny_model, setu
     output = _extract(tiny_model, videos, out, weights)
     assert loads == [tiny_model.name], "the rerun loaded the model"
     assert "0 stored, 0 failed, 2 already in the store" in output and "0 to go" in output
+    assert output.rstrip().endswith(f"-> {out}")  # the store (no shard of it was written)
     after = _tree_state(out) if out.is_dir() else {name: (out.stat().st_size, out.stat().st_mtime_ns)}
     assert after == before
     with vfeat.open_store(str(out)) as store:

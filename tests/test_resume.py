@@ -147,6 +147,68 @@ def test_a_changed_video_still_in_a_killed_runs_journal_is_named(tmp_path, tiny_
         "the store keeps the features of the file as it was: extract changed videos into a new store"]
 
 
+def test_a_configuration_file_is_known_by_its_content(tmp_path, tiny_model, folder):
+    """The model's record named its configuration file by path and stem: an edit that keeps every weight's
+    shape (pool_type) was appended to a store written before it, and a copy under another name was refused."""
+    import json
+    import shutil
+
+    first, second = sorted(p for p in folder.rglob("*.mp4"))
+    config = tmp_path / "configs" / "cfg.json"
+    config.parent.mkdir()
+    shutil.copy(tiny_model.config, config)
+    store = tmp_path / "s.zarr"
+    kwargs = {**tiny_model.extract_kwargs(), "model_config": str(config)}
+    vfeat.extract([str(first)], str(store), fps=2.0, workers=0, **kwargs)
+    renamed = tmp_path / "elsewhere" / "another-name.json"  # the same content
+    renamed.parent.mkdir()
+    shutil.copy(config, renamed)
+    summary = vfeat.extract([str(second)], str(store), fps=2.0, workers=0, **{**kwargs, "model_config": str(renamed)})
+    assert summary.videos_ok == 1
+    edited = json.loads(config.read_text())
+    edited["vision_cfg"]["pool_type"] = "avg"  # other embeddings from the same weights
+    config.write_text(json.dumps(edited))
+    other = tmp_path / "more"
+    make_video(other, "c.mp4", 0.8, 25, (96, 64))
+    with pytest.raises(vfeat.StoreError, match="store was written with model="):
+        vfeat.extract([str(other)], str(store), fps=2.0, workers=0, **kwargs)
+
+
+def test_appending_at_another_precision_is_said_once(tmp_path, tiny_model, folder, caplog):
+    """The computing precision is not part of a store's settings (a run resumed on another machine must
+    append), but rows at bf16 differ from fp32 ones by more than storage rounding: said, once, against the
+    precision of the run that created the store (its ``precision`` attribute)."""
+    first, second = sorted(p for p in folder.rglob("*.mp4"))
+    store = tmp_path / "s.zarr"
+    vfeat.extract([str(first)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    with vfeat.open_store(str(store)) as opened:
+        assert opened.attrs["precision"] == "fp32"
+    caplog.set_level("WARNING", logger="vfeat.extractor")
+    vfeat.extract([str(first), str(second)], str(store), fps=2.0, workers=0, **{**tiny_model.extract_kwargs(), "precision": "bf16"})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{store}: the stored videos were computed at fp32 precision, this run's at bf16: their features differ "
+        "slightly (use --precision fp32 to match)"]
+    caplog.clear()
+    vfeat.extract([str(first), str(second)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    assert not caplog.records  # nothing appended, the same precision
+
+
+def test_a_store_recorded_before_configuration_hashes_still_appends(tmp_path, tiny_model, folder):
+    """Stores whose model record has no config_sha256 (written before it existed) are compared as then."""
+    first, second = sorted(p for p in folder.rglob("*.mp4"))
+    store = tmp_path / "s.zarr"
+    vfeat.extract([str(first)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    group = zarr.open_group(str(store), mode="a")
+    model = dict(group.attrs["model"])
+    assert "config_sha256" in model["options"]
+    model["options"] = {k: v for k, v in model["options"].items() if k != "config_sha256"}
+    group.attrs["model"] = model
+    summary = vfeat.extract([str(second)], str(store), fps=2.0, workers=0, **tiny_model.extract_kwargs())
+    assert summary.videos_ok == 1
+    with vfeat.open_store(str(store)) as opened:
+        assert len(opened.ids) == 2
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_a_store_from_before_file_fingerprints_reads_and_appends(tmp_path, tiny_model, folder, suffix, caplog):
     """Stores written before videos/file_size and videos/file_mtime existed: their videos read as unknown

@@ -264,7 +264,12 @@ def test_a_configuration_edited_since_the_extraction_is_refused(tiny_model, tmp_
     edited = json.loads(config.read_text())
     edited["quick_gelu"] = not edited.get("quick_gelu", False)
     config.write_text(json.dumps(edited))
-    with pytest.raises(StoreError, match=r"differs from the one that wrote it \(quick_gelu\)"):
+    with pytest.raises(StoreError, match=r"differs from the one that wrote it \(config_sha256, quick_gelu\)"):
+        load_store_model(attrs)
+    edited["quick_gelu"] = not edited["quick_gelu"]  # back, and an edit that keeps every weight's shape
+    edited["vision_cfg"]["pool_type"] = "avg"
+    config.write_text(json.dumps(edited))
+    with pytest.raises(StoreError, match=r"differs from the one that wrote it \(config_sha256\)"):
         load_store_model(attrs)
 
 

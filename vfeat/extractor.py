@@ -22,13 +22,13 @@ from vfeat.pipeline import (RunStats, advice, check_plan, decode_resize, one_cli
                             takes_plan)
 from vfeat.sampling import SamplingPlan
 from vfeat.request import REQUEST_ATTR, run_request
-from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids, stored_requests
+from vfeat.shards import committed_elsewhere, list_shard, recover, shard_for, stored_ids, stored_with
 from vfeat.sources import VideoSource, expand_inputs, unique_sources
 from vfeat.store import fs
 from vfeat.store.fingerprint import changed_on_disk
 from vfeat.store.lock import writer_lock
 from vfeat.store.format import FORMAT_NAME, FORMAT_VERSION, Failure, shard_kind
-from vfeat.store.writer import ShardWriter
+from vfeat.store.writer import ShardWriter, journal_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,30 @@ def store_attrs(encoder: VideoEncoder, plan: SamplingPlan, storage_dtype: str) -
         "has_frames": bool(encoder.frame_outputs),
         "has_clips": bool(has_clips),
         "logit_scale": float(encoder.logit_scale),
+        "precision": precision_name(encoder),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "software": {"vfeat": __version__, "torch": torch.__version__, "pyav": av.__version__, "python": platform.python_version()},
         "hardware": {"device": str(encoder.device), "cpu": platform.processor() or platform.machine(),
                      "gpu": torch.cuda.get_device_name(encoder.device) if encoder.device.type == "cuda" else None},
     }
+
+
+def precision_name(encoder: VideoEncoder) -> str:
+    """The precision the model computes in (``load_model`` sets it; a caller's own model: its weights')."""
+    import torch
+
+    dtype = getattr(encoder, "compute_dtype", None) or next(encoder.parameters()).dtype
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
+def _say_other_precision(out: str, shard: str, precision: str) -> None:
+    """A store's rows computed at another precision than this run's (fp16 on a GPU, fp32 on a CPU) differ
+    by more than their storage rounds away: allowed, as resuming elsewhere must be, but said once."""
+    stored = stored_with(out, shard, "precision")
+    others = sorted({p for p in (stored[1] if stored else []) if p and p != precision})
+    if others:
+        log.warning("%s: the stored videos were computed at %s precision, this run's at %s: their features differ "
+                    "slightly (use --precision %s to match)", out, " and ".join(others), precision, others[0])
 
 
 #: --out names ending so are files of another kind, not a directory store vfeat would create under that name
@@ -210,15 +229,15 @@ def _finished_without_a_model(sources: list[VideoSource], out: str, store_format
     one's settings (:mod:`vfeat.request`): no model is loaded to find that out. ``None`` otherwise."""
     started = time.perf_counter()
     shard = shard_for(out, store_format)
-    stored = stored_requests(out, shard, REQUEST_ATTR)
-    if stored is None:
+    stored = stored_with(out, shard, REQUEST_ATTR)
+    if stored is None or fs.exists(journal_dir(shard)):  # a journal: videos not in the shard yet
         return None
     done, requests = stored
     if not requests or any(r != request for r in requests) or any(s.video_id not in done for s in sources):
         return None
     if on_start:
         on_start(0, len(sources))
-    return ExtractSummary(out=shard, videos_total=len(sources), videos_skipped=len(sources), videos_ok=0, videos_failed=0,
+    return ExtractSummary(out=out, videos_total=len(sources), videos_skipped=len(sources), videos_ok=0, videos_failed=0,
                           frames=0, seconds=time.perf_counter() - started, failures=[], video_seconds=0.0)
 
 
@@ -294,6 +313,8 @@ def extract_sources(sources: list[VideoSource], out: str, *, model: str, pretrai
                 on_open(shard)
             done = writer.committed | elsewhere
             todo = [s for s in sources if s.video_id not in done]
+            if todo and rank == 0:
+                _say_other_precision(out, shard, attrs["precision"])
             failures: list[Failure] = []
 
             def fail(failure: Failure) -> None:

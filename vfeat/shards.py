@@ -70,13 +70,11 @@ def stored_ids(out: str, own_shard: str) -> set[str] | None:
         return None
 
 
-def stored_requests(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any]] | None:
+def stored_with(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any]] | None:
     """Ids stored in ``out`` and the attribute ``attr`` of every shard that holds any (``None`` where it
-    lacks it), read without checking settings. ``None`` where reading fails, or where this process's
-    shard has a journal to replay first: its videos are not all in the shard yet."""
+    lacks it), read without checking settings; ``None`` where reading fails. (Videos in the journal of a
+    killed run are not among the ids: :func:`recover` merges it first.)"""
     try:
-        if fs.exists(own_shard) and fs.exists(journal_dir(own_shard)):
-            return None
         done: set[str] = set()
         requests: list[Any] = []
         for path in sorted({*shard_paths(out), own_shard} if shard_kind(out) is None else {own_shard}):

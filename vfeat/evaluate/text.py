@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vfeat.errors import ModelError, StoreError
-from vfeat.store.format import comparable_setting
+from vfeat.store.format import comparable_setting, same_setting, without_later_options
 
 #: says when texts are embedded (the CLI shows it: the official prompt sets take minutes on a CPU the first time)
 log = logging.getLogger("vfeat.text")
@@ -143,9 +143,10 @@ def load_store_model(attrs: dict[str, Any], device: str = "cpu", pretrained: str
 def _check_rebuilt(recorded: dict[str, Any], rebuilt: dict[str, Any]) -> None:
     """The model rebuilt from the record must be the one that wrote the store: a configuration file edited
     since (quick_gelu, a width) would embed the texts with another model without a word."""
-    want, got = comparable_setting("model", recorded), comparable_setting("model", rebuilt)
-    if want == got:
+    if same_setting("model", recorded, rebuilt):
         return
+    want = comparable_setting("model", without_later_options(recorded, rebuilt))
+    got = comparable_setting("model", without_later_options(rebuilt, recorded))
     want_options, got_options = dict(want.get("options") or {}), dict(got.get("options") or {})
     differ = sorted(k for k in set(want_options) | set(got_options) if want_options.get(k) != got_options.get(k))
     differ += sorted(k for k in set(want) | set(got) if k != "options" and want.get(k) != got.get(k))

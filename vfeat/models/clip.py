@@ -7,6 +7,7 @@ many videos together, and a clip's embedding is the mean of its frames' embeddin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import logging
@@ -104,6 +105,12 @@ def input_size_guess(name: str, config_path: str | None = None) -> int | None:
     return size if isinstance(size, int) else None
 
 
+def _config_sha256(config: dict[str, Any] | None) -> str:
+    """The architecture a configuration file registered (open_clip's dict), hashed as canonical JSON: the
+    same for a copy under another name, another for an edit that keeps every weight's shape (pool_type)."""
+    return hashlib.sha256(json.dumps(config or {}, sort_keys=True).encode()).hexdigest()
+
+
 def build(name: str, pretrained: str | None = None, config_path: str | None = None, wise_with: str | None = None,
           alpha: float | None = None, cache_dir: str | None = None, without: str | None = None,
           weights_tag: str | None = None) -> ClipEncoder:
@@ -189,8 +196,9 @@ def build(name: str, pretrained: str | None = None, config_path: str | None = No
         interpolation=str(cfg.get("interpolation", "bicubic")),
         resize_mode=str(cfg.get("resize_mode", "shortest")),
     )
-    if config_path:
+    if config_path:  # a file may change, or another file take its name: known by its content
         identity_options["model_config"] = recorded_path(str(config_path))
+        identity_options["config_sha256"] = _config_sha256(open_clip.get_model_config(arch))
     recorded = recorded_path(str(pretrained)) if is_file else str(pretrained)
     identity = ModelIdentity(name=name, pretrained=recorded, checkpoint_sha256=checkpoint_sha, options=identity_options)
     encoder = ClipEncoder(model, lambda: _tokenizer(arch, name), preprocess, identity)

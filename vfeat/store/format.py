@@ -85,13 +85,38 @@ def shard_kind(path: str) -> str | None:
     return None
 
 
+#: model options that only later versions record: a record without one is compared without it
+LATER_MODEL_OPTIONS = ("config_sha256",)
+
+
+def same_setting(key: str, a: Any, b: Any) -> bool:
+    """Whether two records of a store setting are the same setting (:func:`comparable_setting`), where a
+    model option that one of them was written before is left out of the other."""
+    if key == "model" and isinstance(a, dict) and isinstance(b, dict):
+        a, b = without_later_options(a, b), without_later_options(b, a)
+    return comparable_setting(key, a) == comparable_setting(key, b)
+
+
+def without_later_options(model: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``model`` without the :data:`LATER_MODEL_OPTIONS` that ``other`` (an older record) lacks."""
+    options, known = dict(model.get("options") or {}), other.get("options") or {}
+    later = [k for k in LATER_MODEL_OPTIONS if k in options and k not in known]
+    return {**model, "options": {k: v for k, v in options.items() if k not in later}} if later else model
+
+
 def comparable_setting(key: str, value: Any) -> Any:
     """The part of a store setting that must be the same: for a model read from weight files, their sha256,
     not the paths they were read from (the same file by a symlink, a relative path or a new folder is the same
-    model); the files fix the architecture's shapes, so a configuration file's path goes too."""
-    if key != "model" or not isinstance(value, dict) or not value.get("checkpoint_sha256"):
+    model); a configuration file by its content (``config_sha256``), not its path or name. (Records from
+    before ``config_sha256``: the weight files fix the architecture's shapes, so its path goes too.)"""
+    if key != "model" or not isinstance(value, dict):
         return value
     options = dict(value.get("options") or {})
+    if options.get("config_sha256"):
+        for name_key in ("architecture", "model_config", "config_path"):  # the file's stem and path
+            options.pop(name_key, None)
+    if not value.get("checkpoint_sha256"):
+        return {**value, "options": options} if "options" in value else value
     for path_key, sha_key in (("wise_with", "wise_sha256"), ("clip_weights", "clip_weights_sha256")):
         if options.get(sha_key):
             options.pop(path_key, None)

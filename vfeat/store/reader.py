@@ -15,7 +15,7 @@ import numpy as np
 from vfeat.errors import StoreError
 from vfeat.store import fs
 from vfeat.store.backends import open_read
-from vfeat.store.format import IDENTITY_ATTRS, LATER_VIDEO_ARRAYS, VIDEO_ARRAYS, Failure, comparable_setting, shard_kind
+from vfeat.store.format import IDENTITY_ATTRS, LATER_VIDEO_ARRAYS, VIDEO_ARRAYS, Failure, same_setting, shard_kind
 from vfeat.store.tree import interrupted_creation, read_failures
 
 MANIFEST = "manifest.json"
@@ -57,7 +57,7 @@ class Store:
             shard = _Shard(shard_path, kind, tree, ids, offsets, clip_offsets)
             if self._shards:
                 check = {k: self._shards[0].tree.attrs.get(k) for k in IDENTITY_ATTRS}
-                if any(comparable_setting(k, tree.attrs.get(k)) != comparable_setting(k, v) for k, v in check.items()):
+                if not all(same_setting(k, tree.attrs.get(k), v) for k, v in check.items()):
                     raise StoreError(f"{shard_path}: shard written with other settings than {self._shards[0].path}")
             for index, video_id in enumerate(ids):
                 self._where.setdefault(video_id, (len(self._shards), index))

@@ -35,7 +35,7 @@ import numpy as np
 from vfeat.errors import StoreError
 from vfeat.store import fs
 from vfeat.store.backends import open_read, transaction
-from vfeat.store.format import IDENTITY_ATTRS, Batch, Failure, VideoRecord, comparable_setting, shard_kind
+from vfeat.store.format import IDENTITY_ATTRS, Batch, Failure, VideoRecord, same_setting, shard_kind
 from vfeat.store.reader import MANIFEST
 from vfeat.store.spool import SPOOL_PREFIX, SpooledRows
 from vfeat.store.tree import append, initialise, interrupted_creation, read_ids
@@ -50,7 +50,7 @@ def journal_dir(shard: str) -> str:
 def check_compatible(path: str, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
     """Refuse to mix models, sampling, storage dtype or preprocessing in one store."""
     for key in IDENTITY_ATTRS:
-        if comparable_setting(key, existing.get(key)) != comparable_setting(key, wanted.get(key)):
+        if not same_setting(key, existing.get(key), wanted.get(key)):
             raise StoreError(
                 f"{path}: store was written with {key}={existing.get(key)!r}; this run uses {wanted.get(key)!r}. "
                 "Write to a new --out path, or rerun with the store's settings."
