@@ -154,6 +154,7 @@ def test_info_json_lists_failures(failed_run):
     assert (info["videos"], info["frames"], info["embed_dim"], info["dtype"]) == (1, 1, 32, "float16")
     assert info["model"] == "vfeat-tiny-vit"
     assert info["sampling"] == {"mode": "fps", "fps": 1.0}
+    assert info["precision"] in ("fp32", "fp16", "bf16")
     failures = info["failures"]
     assert sorted(f["path"] for f in failures) == sorted(str(p) for p in failed_run["bad"].values())
     for failure in failures:

@@ -190,7 +190,8 @@ def info(
         print(json.dumps(summary, indent=2, default=str))
         return
     table = Table(title=store, show_header=False)
-    for key in ("videos", "frames", "clips", "embed_dim", "dtype", "model", "pretrained", "checkpoint_sha256", "sampling", "shards", "size_bytes", "vfeat_version"):
+    for key in ("videos", "frames", "clips", "embed_dim", "dtype", "model", "pretrained", "checkpoint_sha256", "precision", "sampling", "shards",
+                "size_bytes", "vfeat_version"):
         value = summary.get(key)
         if value is not None:
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))

@@ -38,6 +38,7 @@ def describe(path: str) -> dict[str, Any]:
             "has_frames": attrs.get("has_frames"),
             "has_clips": attrs.get("has_clips"),
             "logit_scale": attrs.get("logit_scale"),
+            "precision": attrs.get("precision"),  # of the run that created the store (None: written before it was recorded)
             "format_version": attrs.get("format_version"),
             "sampling": attrs.get("sampling"),
             "preprocess": attrs.get("preprocess"),
