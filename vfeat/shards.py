@@ -76,7 +76,7 @@ def stored_with(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any
     killed run are not among the ids: :func:`recover` merges it first.)"""
     try:
         done: set[str] = set()
-        requests: list[Any] = []
+        values: list[Any] = []
         for path in sorted({*shard_paths(out), own_shard} if shard_kind(out) is None else {own_shard}):
             if not fs.exists(path) or not _committed(path):
                 continue
@@ -84,8 +84,8 @@ def stored_with(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any
                 ids = read_ids(tree)
                 if len(ids):
                     done.update(ids)
-                    requests.append(dict(tree.attrs).get(attr))
-        return done, requests
+                    values.append(dict(tree.attrs).get(attr))
+        return done, values
     except Exception:  # noqa: BLE001 - a shortcut only: the run's own reading says what is wrong
         return None
 
@@ -115,8 +115,8 @@ def list_shard(out: str, shard: str) -> None:
 def recover(out: str) -> None:
     """Before a run decides what is done: merge the journals killed local runs left (videos committed, but
     in no shard yet; a single-shard store's too, so that the check for changed files sees them), then list
-    every local shard in the manifest, if there is one. Run by the front door
-    alone, before any model process starts (it writes into other processes' shards)."""
+    every local shard in the manifest, if there is one. Run by the front door alone, before any model process
+    starts (it writes into other processes' shards)."""
     if shard_kind(out) is not None:  # a single-shard store: its journal, so that the run sees those videos too
         if fs.exists(out) and fs.exists(journal_dir(out)):
             _merge_journal(out)
