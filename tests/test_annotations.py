@@ -25,6 +25,20 @@ def test_generic_csv_and_jsonl(tmp_path):
         A.read_generic(tmp_path / "missing.csv")
 
 
+def test_csv_captions_with_line_breaks_and_files_that_are_not_csv(tmp_path):
+    """A quoted caption spanning lines was glued together ("a manis talking"): the file was split into lines
+    before the CSV parser saw it. A header without rows said the header was missing; a JSON file was read as
+    a CSV whose header was its first line."""
+    (tmp_path / "nl.csv").write_text('video_id,caption\nv1,"a man\nis talking"\nv2,a cat\n')
+    assert A.read_generic(tmp_path / "nl.csv") == [("v1", "a man is talking"), ("v2", "a cat")]
+    (tmp_path / "header.csv").write_text("video_id,caption\n")
+    with pytest.raises(InputError, match=r"missing rows \(header: video_id, caption\)"):
+        A.read_generic(tmp_path / "header.csv")
+    (tmp_path / "msrvtt.json").write_text(json.dumps({"videos": [{"video_id": "video0"}], "sentences": []}))
+    with pytest.raises(InputError, match=r"msrvtt\.json: a JSON file\. --captions without a task reads a CSV"):
+        A.read_generic(tmp_path / "msrvtt.json")
+
+
 def test_msrvtt_jsfusion(tmp_path):
     p = tmp_path / "MSRVTT_JSFUSION_test.csv"
     p.write_text("key,vid_key,video_id,sentence\n"

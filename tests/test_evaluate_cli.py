@@ -511,6 +511,27 @@ def test_retrieval_captions(tmp_path, retrieval, fmt, dsl):
     assert ("retrieval (DSL)" in shown.output) == dsl, shown.output  # the table says how the ranks were scored
 
 
+def test_outputs_go_into_folders_made_for_them_and_say_what_they_measured(tmp_path, retrieval):
+    """An output file in a folder that did not exist ended the run, after its work, in a traceback (exit 3);
+    a --plot without a suffix was written as NAME.png without a word; the JSON did not say which
+    annotation file it measured."""
+    captions = write_captions(tmp_path / "captions.csv", retrieval["pairs"])
+    out, plot = tmp_path / "new" / "deeper" / "r.json", tmp_path / "figures" / "recall"
+    result = cli("evaluate", "--features", retrieval["path"], "--captions", captions, "--json", out, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    assert f"wrote 1 plot(s): {plot}.png" in " ".join(result.output.split())
+    assert_png(Path(f"{plot}.png"))
+    (written,) = json.loads(out.read_text())
+    assert written["inputs"] == {"store": str(retrieval["path"]), "captions": str(captions)}
+    (tmp_path / "a-file").write_text("")
+    assert_refused(cli("search", "--features", retrieval["path"], "a dog", "--json", tmp_path / "a-file" / "h.json"),
+                   "--json", "cannot create its folder")
+    hits = cli("search", "--features", retrieval["path"], "a dog", "--json", tmp_path / "hits" / "h.json")
+    assert hits.exit_code == 0 and (tmp_path / "hits" / "h.json").is_file(), hits.output
+    predicted = cli("predict", "--features", retrieval["path"], "--texts", "a dog", "--out", tmp_path / "preds" / "p.csv")
+    assert predicted.exit_code == 0 and (tmp_path / "preds" / "p.csv").is_file(), predicted.output
+
+
 def write_captions(path: Path, pairs) -> Path:
     with path.open("w", newline="") as f:
         csv.writer(f).writerows([("video_id", "caption"), *pairs])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -122,6 +123,7 @@ def extract(
     bar = ExtractProgress(enabled=progress)
     previous = _end_on_sigterm()
     try:
+        _prepare_output(json_out, "--json")
         summary = run_extract(
             list(inputs or []), out, model, pretrained, fps=fps, num_frames=num_frames, clips=clips, clip_len=clip_len,
             stride=stride, file_list=file_list, model_config=model_config, device=device, precision=precision,
@@ -285,6 +287,8 @@ def evaluate(
     from vfeat.evaluate.run import evaluate as run_evaluate
 
     try:
+        _prepare_output(json_out, "--json")
+        _prepare_output(plot, "--plot")
         if plot:
             check_plot_path(plot)
         results = run_evaluate(features, task, classes=classes, templates=templates, labels=labels, captions=captions,
@@ -308,9 +312,11 @@ def evaluate(
     if plot:
         from vfeat.evaluate.plots import plot_result
 
+        written = []
         for result in results:
             target = plot if len(results) == 1 else str(Path(plot).with_name(f"{Path(plot).stem}_{result['task']}{Path(plot).suffix or '.png'}"))
-            plot_result(result, target)
+            written.append(plot_result(result, target))
+        shown.print(f"wrote {len(written)} plot(s): {', '.join(written)}", markup=False, highlight=False)
 
 
 PREDICTION_FORMATS = {  # predict --out: file suffix -> writer
@@ -351,6 +357,8 @@ def predict(
             raise InputError(f"Invalid --out {out_path}: predictions are written as {', '.join(PREDICTION_FORMATS)}.")
         if limit < 0:
             raise InputError(f"Invalid --limit ({limit}). It must be >= 0.")
+        _prepare_output(out_path, "--out")
+        _prepare_output(plot, "--plot")
         if plot:
             check_plot_path(plot)
         result = run_predict(features, texts=(texts or []) + (more_texts or []) or None, task=task, top=top, device=device, pretrained=pretrained,
@@ -396,6 +404,7 @@ def search(
     from vfeat.evaluate.explore import search as run_search
 
     try:
+        _prepare_output(json_out, "--json")
         hits = run_search(features, query, top=top, device=device, pretrained=pretrained, model_config=model_config,
                           weights_dir=weights_dir)
     except VfeatError as exc:
@@ -429,6 +438,20 @@ def _end_on_sigterm():
 def _human(json_out: Optional[str]) -> Console:
     """Where tables and summaries go: stdout, or stderr when the JSON takes stdout (``--json -``)."""
     return err if json_out == "-" else console
+
+
+def _prepare_output(path: Optional[str], flag: str) -> None:
+    """An output file's folder, made (or refused) before any work: an evaluation or an extraction of hours
+    ended in a traceback at its last step for a folder that did not exist."""
+    if not path or path == "-":
+        return
+    folder = Path(path).expanduser().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot create its folder {folder} ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{flag} {path}: cannot write in its folder {folder}")
 
 
 def _write_json(json_out: str, payload: Any) -> None:

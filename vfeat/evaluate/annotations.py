@@ -9,6 +9,7 @@ docs/evaluate.md, "Annotation files". Nothing here imports torch.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections import defaultdict
@@ -38,8 +39,10 @@ def _load_json(path):
 
 
 def _csv_rows(path, required: Iterable[str], delimiter: str = ",") -> list[dict]:
-    rows = list(csv.DictReader(_read_text(path).splitlines(), delimiter=delimiter))
-    header = list(rows[0].keys()) if rows else []
+    """The rows of a CSV file with a header; a quoted field may span lines (a caption with a line break)."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    rows = list(reader)
+    header = list(reader.fieldnames or [])
     missing = [c for c in required if c not in header]
     if missing or not rows:
         raise InputError(f"{path}: expected a header with columns {', '.join(required)} and at least one row; "
@@ -70,6 +73,10 @@ def read_generic(path) -> list[Pair]:
         if not pairs:
             raise InputError(f"{path}: no captions found.")
         return pairs
+    if str(path).lower().endswith(".json"):
+        raise InputError(f"{path}: a JSON file. --captions without a task reads a CSV (video_id,caption) or a JSONL "
+                         "file; a dataset's own annotation file is read with its task (--task didemo, activitynet, "
+                         "youcook2, ...: configs/tasks/).")
     rows = _csv_rows(path, ("video_id", "caption"))
     return [(r["video_id"].strip(), _clean(r["caption"], f"{path} row {i}")) for i, r in enumerate(rows, 2)]
 

@@ -33,7 +33,8 @@ def check_plot_path(path: str) -> None:
                          f"{', '.join('.' + s for s in sorted(supported))}.")
 
 
-def plot_result(result: dict[str, Any], path: str) -> None:
+def plot_result(result: dict[str, Any], path: str) -> str:
+    """One figure of ``result`` at ``path`` (no suffix: PNG, the suffix added); returns the file written."""
     plt = _plt()
     if result["type"] == "classification":
         classes = list(result["per_class_accuracy"])
@@ -68,8 +69,10 @@ def plot_result(result: dict[str, Any], path: str) -> None:
         fig, ax = plt.subplots(figsize=(4, 3))
         ax.bar(["accuracy"], [result["metrics"]["accuracy"]])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    target = path if Path(path).suffix else f"{path}.png"
+    fig.savefig(target, dpi=120)
     plt.close(fig)
+    return target
 
 
 def plot_timelines(labels: list[str], timelines: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> list[str]:

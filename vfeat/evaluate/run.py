@@ -6,6 +6,7 @@ the model, checkpoint hash, task file, templates, counts and vfeat version, so a
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,8 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
         ids, videos = video_embeddings(store)
     text_tower = TextTower(attrs, device=device, pretrained=pretrained, model_config=model_config, weights_dir=weights_dir)
     model = attrs.get("model", {})
+    given = {flag: _absolute(value) for flag, value in (("store", features), ("classes", classes), ("templates", templates),
+             ("labels", labels), ("captions", captions), ("multiple_choice", multiple_choice)) if value}
     results = []
     for t in tasks:
         if t.type == "classification":
@@ -115,11 +118,16 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
             result = _multiple_choice(t, ids, videos, text_tower, multiple_choice)
         provenance = {
             "model": model, "store": features, "task_file": str(t.path) if t.path else None,
+            "inputs": given,  # where the annotations came from, absolute: a result file says what it measured
             "templates": list(t.templates), "vfeat_version": attrs.get("vfeat_version"),
             "hardware": {"machine": platform.machine(), "processor": platform.processor(), "device": device},
         }
         results.append(result.as_dict(provenance))
     return results
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _classification(task: Task, ids: list[str], videos: np.ndarray, text_tower: TextTower, labels_csv: str | None) -> Result:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -281,8 +282,9 @@ def _read_labels_csv(path) -> dict[str, str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"Labels CSV {p} does not exist.")
-    rows = list(csv.DictReader(p.read_text(encoding="utf-8-sig").splitlines()))
-    header = set(rows[0]) if rows else set()
+    reader = csv.DictReader(io.StringIO(p.read_text(encoding="utf-8-sig"), newline=""))
+    rows = list(reader)
+    header = set(reader.fieldnames or [])
     out: dict[str, str] = {}
     for i, r in enumerate(rows, 2):
         if {"video_id", "label"} <= header:
