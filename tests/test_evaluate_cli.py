@@ -308,6 +308,43 @@ def test_ucf_names_folders_and_labels_csv_agree(tmp_path, model, ucf):
     assert_png(tmp_path / "ucf.png")
 
 
+def test_official_split_files_restrict_the_videos(tmp_path, model, ucf):
+    """--split: UCF101's testlist (Class/v_Class_gXX_cYY.avi), HMDB51-style split files (name 0|1|2, the 2s
+    kept; a quoted glob for the set); the numbers are the reference's on the listed videos only."""
+    task = official("ucf101")
+    class_emb = model.ref.classes(task["texts"], task["templates"])
+    store, names = {}, []
+    for name, g, frames in ucf["videos"]:
+        video_id = f"{name}/v_{UCF_FILE_SPELLING.get(name, name)}_g{g:02d}_c01.avi"
+        store[video_id] = frames
+        names.append(video_id)
+    path = write_store(tmp_path / "ucf.zarr", model.attrs, store)
+    chosen = [n for n, (_, g, _) in enumerate(ucf["videos"]) if g != 2]  # groups 1 and 3 "test"
+    want, _ = classification_reference(np.stack([pooled(ucf["videos"][n][2]) for n in chosen]), class_emb,
+                                       [ucf["labels"][n] for n in chosen], task["classes"])
+    testlist = tmp_path / "testlist01.txt"
+    testlist.write_text("".join(f"{names[n]}\r\n" for n in chosen) + "YoYo/v_YoYo_g25_c05.avi\r\n")
+    (result,) = evaluate_json(tmp_path, "--features", path, "--task", "ucf101", "--split", testlist)
+    assert_metrics(result["metrics"], want)
+    assert result["counts"]["videos_evaluated"] == len(chosen)
+    assert (result["counts"]["split_listed"], result["counts"]["split_stored"]) == (len(chosen) + 1, len(chosen))
+    assert result["notes"][0] == f"split: {len(chosen)} of {len(chosen) + 1} listed videos are in the store; missing: YoYo/v_YoYo_g25_c05.avi"
+    assert result["inputs"]["split"] == [str(testlist)]
+    splits = tmp_path / "hmdb_splits"
+    splits.mkdir()
+    for name in UCF_SUBSET:  # one file per class, as HMDB51's: 1 train, 2 test, 0 unused
+        lines = [f"{Path(names[n]).name} {2 if n in chosen else 1}" for n, (c, _, _) in enumerate(ucf["videos"]) if c == name]
+        (splits / f"{name}_test_split1.txt").write_text("\n".join(lines + ["other_clip.avi 0"]) + "\n")
+    (result,) = evaluate_json(tmp_path, "--features", path, "--task", "ucf101", "--split", str(splits / "*_test_split1.txt"))
+    assert_metrics(result["metrics"], want)
+    assert len(result["inputs"]["split"]) == len(UCF_SUBSET)
+    assert_refused(cli("evaluate", "--features", path, "--task", "ucf101", "--split", str(splits / "*_split9.txt")),
+                   "--split", "no file matches")
+    (splits / "bad_test_split1.txt").write_text("clip.avi test\n")
+    assert_refused(cli("evaluate", "--features", path, "--task", "ucf101", "--split", splits / "bad_test_split1.txt"),
+                   "bad_test_split1.txt line 1", "HMDB51 split file")
+
+
 KINETICS = ["abseiling", "archery", "juggling fire", "petting animal (not cat)", "riding a bike", "zumba"]
 
 

@@ -255,6 +255,10 @@ def export(
 
   vfeat evaluate --features ucf.zarr --task ucf101
 
+  vfeat evaluate --features ucf.zarr --task ucf101 --split ucfTrainTestlist/testlist01.txt
+
+  vfeat evaluate --features hmdb.zarr --task hmdb51 --split 'testTrainMulti_7030_splits/*_test_split1.txt'
+
   vfeat evaluate --features k400/ --task kinetics400 --json k400.json
 
   vfeat evaluate --features s.zarr --classes classes.txt --templates templates.txt --labels labels.csv
@@ -273,6 +277,7 @@ def evaluate(
     captions: Optional[str] = typer.Option(None, "--captions", help="Retrieval annotations: CSV/JSONL video_id,caption, or the task's official file."),
     multiple_choice: Optional[str] = typer.Option(None, "--multiple-choice", help="CSV video_id,candidate_1..N,answer_index (0-based)."),
     dsl: bool = typer.Option(False, "--dsl", help="Retrieval: dual-softmax re-scoring S * softmax(100 S) over texts, as CLIP-ViP does."),
+    split: Optional[List[str]] = typer.Option(None, "--split", help="Evaluate only the videos a split file lists (repeatable; a quoted glob for HMDB51's 51 files): UCF101 testlist01.txt, HMDB51 '*_test_split1.txt' (its test videos), or one video id per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Where the store's checkpoint file is now, if it moved (checked by sha256)."),
     model_config: Optional[str] = typer.Option(None, "--model-config", help="Where the store's model configuration file is now, if it moved (the model rebuilt from it must be the recorded one)."),
     weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Where the store's weight files are now, if they moved to another folder (checkpoint, --wise-with, --clip-weights, configuration): found there by file name; the weights are checked by sha256, the rebuilt model against the record."),
@@ -293,7 +298,7 @@ def evaluate(
             check_plot_path(plot)
         results = run_evaluate(features, task, classes=classes, templates=templates, labels=labels, captions=captions,
                                multiple_choice=multiple_choice, dsl=dsl, device=device, pretrained=pretrained,
-                               model_config=model_config, weights_dir=weights_dir)
+                               model_config=model_config, weights_dir=weights_dir, split=split)
     except VfeatError as exc:
         _fail(exc)
         return

@@ -258,7 +258,47 @@ def id_stem(video_id: str) -> str:
     return _EXT.sub("", name) if _EXT.search(name) and _EXT.sub("", name) else name
 
 
-def _examples(items, n: int = 5) -> str:
+#: HMDB51's split files, one per class and split: ``<class>_test_split<k>.txt``
+HMDB_SPLIT_FILE = re.compile(r"_test_split\d+\.txt$")
+
+
+def split_files(patterns: Iterable[str]) -> list[Path]:
+    """The files ``--split`` names: paths, or quoted globs (HMDB51's split is 51 files)."""
+    import glob
+
+    files: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matched:
+            raise InputError(f"--split {pattern}: no file matches")
+        files += [Path(m) for m in matched]
+    return files
+
+
+def read_split(path) -> list[str]:
+    """The videos a split file lists: UCF101's testlistNN.txt (``Class/v_X_g01_c01.avi``) and trainlistNN.txt
+    (the same, then a class number), HMDB51's ``<class>_test_split<k>.txt`` (``name.avi 2``: 1 train, 2 test,
+    0 unused; the test videos are kept), or any list of one video id per line."""
+    hmdb = bool(HMDB_SPLIT_FILE.search(str(path)))
+    ids = []
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(maxsplit=1)
+        numbered = len(parts) == 2 and parts[1].isdigit()
+        if hmdb:
+            if not numbered or parts[1] not in ("0", "1", "2"):
+                raise InputError(f"{path} line {i}: expected 'NAME.avi 0|1|2' (an HMDB51 split file: 1 train, 2 test)")
+            if parts[1] == "2":
+                ids.append(parts[0])
+        else:
+            ids.append(parts[0] if numbered else line.strip())
+    if not ids:
+        raise InputError(f"{path}: lists no {'test ' if hmdb else ''}videos")
+    return ids
+
+
+def examples(items, n: int = 5) -> str:
     items = list(items)
     more = f", ... ({len(items) - n} more)" if len(items) > n else ""
     return ", ".join(map(str, items[:n])) + more
@@ -277,10 +317,10 @@ class IdMatch:
         msg = f"matched {len(self.mapping)} of {self.num_annotation_ids} annotated videos to stored videos"
         if self.unmatched_annotations:
             msg += (f"; {len(self.unmatched_annotations)} annotated videos are not in the store "
-                    f"(e.g. {_examples(self.unmatched_annotations)})")
+                    f"(e.g. {examples(self.unmatched_annotations)})")
         if self.unmatched_store:
             msg += (f"; {len(self.unmatched_store)} stored videos have no annotation "
-                    f"(e.g. {_examples(self.unmatched_store)})")
+                    f"(e.g. {examples(self.unmatched_store)})")
         return msg
 
 
@@ -313,7 +353,7 @@ def match_ids(annotation_ids: Iterable[str], store_ids: Iterable[str], strip_pre
             continue
         if len(cands) > 1:
             raise InputError(f"Annotation id {a!r} matches {len(cands)} stored videos by file stem "
-                             f"({_examples(cands)}); store ids must be unique per stem, or use exact ids.")
+                             f"({examples(cands)}); store ids must be unique per stem, or use exact ids.")
         if cands[0] in owner:
             raise InputError(f"Annotation ids {owner[cands[0]]!r} and {a!r} both match stored video {cands[0]!r}.")
         owner[cands[0]] = a

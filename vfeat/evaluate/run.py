@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from vfeat.errors import InputError
 from vfeat.evaluate import metrics
-from vfeat.evaluate.annotations import build_retrieval_index, read_captions, read_multiple_choice, match_ids
+from vfeat.evaluate.annotations import (build_retrieval_index, examples, match_ids, read_captions, read_multiple_choice,
+                                         read_split, split_files)
 from vfeat.evaluate.tasks import Task, labels_for, load_task, task_from_files
 from vfeat.evaluate.text import TextTower, class_embeddings, embed_texts
 from vfeat.evaluate.video import video_embeddings
@@ -97,17 +98,27 @@ def check_flags(tasks: list[Task], given: dict[str, Any]) -> None:
 def evaluate(features: str, task: str | None = None, *, classes: str | None = None, templates: str | None = None,
              labels: str | None = None, captions: str | None = None, multiple_choice: str | None = None,
              dsl: bool = False, device: str = "cpu", pretrained: str | None = None,
-             model_config: str | None = None, weights_dir: str | None = None) -> list[dict[str, Any]]:
-    """Evaluate the store ``features`` on each task; returns one result dict per task."""
+             model_config: str | None = None, weights_dir: str | None = None,
+             split: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Evaluate the store ``features`` on each task; returns one result dict per task. ``split``: split files
+    (or globs), whose videos alone are evaluated (:func:`~vfeat.evaluate.annotations.read_split`)."""
     tasks = resolve_tasks(task, classes, templates, captions, multiple_choice)
     check_flags(tasks, {"--labels": labels, "--captions": captions, "--multiple-choice": multiple_choice, "--dsl": dsl})
+    split_paths = split_files(split or [])
+    listed = [video for path in split_paths for video in read_split(path)]
     with open_store(features) as store:
         attrs = store.attrs
         ids, videos = video_embeddings(store)
+    split_notes: list[str] = []
+    if split_paths:
+        ids, videos, split_notes = _in_split(ids, videos, listed)
     text_tower = TextTower(attrs, device=device, pretrained=pretrained, model_config=model_config, weights_dir=weights_dir)
     model = attrs.get("model", {})
-    given = {flag: _absolute(value) for flag, value in (("store", features), ("classes", classes), ("templates", templates),
-             ("labels", labels), ("captions", captions), ("multiple_choice", multiple_choice)) if value}
+    given: dict[str, Any] = {flag: _absolute(value) for flag, value in (
+        ("store", features), ("classes", classes), ("templates", templates), ("labels", labels), ("captions", captions),
+        ("multiple_choice", multiple_choice)) if value}
+    if split_paths:
+        given["split"] = [_absolute(str(p)) for p in split_paths]
     results = []
     for t in tasks:
         if t.type == "classification":
@@ -123,7 +134,24 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
             "hardware": {"machine": platform.machine(), "processor": platform.processor(), "device": device},
         }
         results.append(result.as_dict(provenance))
+        if split_paths:
+            results[-1]["counts"].update(split_listed=len(set(listed)), split_stored=len(ids))
+            results[-1]["notes"] = split_notes + results[-1]["notes"]
     return results
+
+
+def _in_split(ids: list[str], videos: np.ndarray, listed: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """The stored videos a split lists (ids matched as annotation ids are), and a note of what it lists that
+    the store lacks (a split evaluated on part of its videos is not the official number)."""
+    match = match_ids(listed, ids)
+    if not match.mapping:
+        raise InputError(f"No stored video is in the split ({len(set(listed))} listed, e.g. {examples(sorted(set(listed)))}).")
+    kept = set(match.mapping.values())
+    mask = np.array([video_id in kept for video_id in ids])
+    note = f"split: {len(kept)} of {len(set(listed))} listed videos are in the store"
+    if match.unmatched_annotations:
+        note += f"; missing: {examples(match.unmatched_annotations)}"
+    return [i for i, k in zip(ids, mask) if k], videos[mask], [note]
 
 
 def _absolute(path: str) -> str:

@@ -42,7 +42,7 @@ import yaml
 
 from vfeat._resources import config_dir
 from vfeat.errors import InputError
-from vfeat.evaluate.annotations import READERS, _examples, match_ids
+from vfeat.evaluate.annotations import READERS, examples, match_ids
 
 TASKS_DIR = config_dir("tasks")  # $VFEAT_CONFIG_DIR/tasks when set
 TASK_TYPES = ("classification", "retrieval", "multiple_choice")
@@ -113,7 +113,7 @@ def _check_templates(templates, where: str) -> tuple[str, ...]:
             raise InputError(f"{where}: template {t!r} must contain exactly one {{}} (where the class text goes).")
     dup = [t for i, t in enumerate(templates) if t in templates[:i]]
     if dup:
-        raise InputError(f"{where}: duplicate templates: {_examples(dup)}.")
+        raise InputError(f"{where}: duplicate templates: {examples(dup)}.")
     return tuple(templates)
 
 
@@ -122,7 +122,7 @@ def _check_classes(classes, where: str) -> tuple[str, ...]:
         raise InputError(f"{where}: 'classes' must be a non-empty list of label strings.")
     bad = [c for c in classes if not isinstance(c, str) or not c.strip()]
     if bad:
-        raise InputError(f"{where}: class labels must be non-empty strings, got {_examples(map(repr, bad))}.")
+        raise InputError(f"{where}: class labels must be non-empty strings, got {examples(map(repr, bad))}.")
     seen: dict[str, str] = {}
     dups = []
     for c in classes:
@@ -131,7 +131,7 @@ def _check_classes(classes, where: str) -> tuple[str, ...]:
             dups.append(c if seen[k] == c else f"{seen[k]!r} ~ {c!r}")
         seen[k] = c
     if dups:
-        raise InputError(f"{where}: duplicate classes: {_examples(dups)}.")
+        raise InputError(f"{where}: duplicate classes: {examples(dups)}.")
     return tuple(classes)
 
 
@@ -175,7 +175,7 @@ def task_from_dict(data: dict, path: Path | None = None) -> Task:
             raise InputError(f"{where}: class_text must map class labels to text.")
         unknown = [k for k in overrides if k not in kw["classes"]]
         if unknown:
-            raise InputError(f"{where}: class_text names labels that are not classes: {_examples(unknown)}.")
+            raise InputError(f"{where}: class_text names labels that are not classes: {examples(unknown)}.")
         kw["class_text"] = dict(overrides)
     else:
         for key in ("classes", "templates", "labels", "class_text"):
@@ -263,12 +263,12 @@ class LabelReport:
     def summary(self) -> str:
         msg = f"labeled {self.num_labeled} of {self.num_videos} videos"
         if self.unlabeled:
-            msg += f"; {len(self.unlabeled)} without a label (e.g. {_examples(self.unlabeled)})"
+            msg += f"; {len(self.unlabeled)} without a label (e.g. {examples(self.unlabeled)})"
         if self.unknown_labels:
-            msg += f"; labels not in the class list: {_examples(f'{k!r} x{v}' for k, v in self.unknown_labels.items())}"
+            msg += f"; labels not in the class list: {examples(f'{k!r} x{v}' for k, v in self.unknown_labels.items())}"
         if self.without_video:
             msg += (f"; {len(self.without_video)} labeled videos are not in the store "
-                    f"(e.g. {_examples(self.without_video)})")
+                    f"(e.g. {examples(self.without_video)})")
         return msg
 
 
