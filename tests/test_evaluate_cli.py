@@ -472,6 +472,13 @@ def test_custom_classes_and_templates(tmp_path, model):
         assert result["per_class_accuracy"] == pytest.approx(per_class, abs=1e-9)
         assert result["counts"]["videos_evaluated"] == 12 and result["counts"]["videos_without_label"] == 0
         assert_png(plot)
+    # the same classes as UCF101's classInd.txt numbers them ("1 ApplyEyeMakeup"), in another line order
+    names = [line for line in classes.read_text().splitlines() if line.strip()]
+    numbered = tmp_path / "classInd.txt"
+    numbered.write_text("".join(f"{n} {name}\r\n" for n, name in reversed(list(enumerate(names, 1)))))
+    (result,) = evaluate_json(tmp_path, "--features", store, "--classes", numbered, "--templates", templates)
+    assert_metrics(result["metrics"], want)
+    assert list(result["per_class_accuracy"]) == list(per_class)
 
 
 def test_labels_without_a_video_are_counted(tmp_path, model):

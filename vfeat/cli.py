@@ -271,7 +271,7 @@ Metrics are percentages (0-100); ranks are 1-based. See docs/evaluate.md.""")
 def evaluate(
     features: str = typer.Option(..., "--features", "-f", help="Feature store (shard or directory)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name(s), comma-separated (configs/tasks/*.yaml) or a task YAML path."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Class list file (one label per line)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class list file (one label per line, or a numbered list as UCF101's classInd.txt)."),
     templates: Optional[str] = typer.Option(None, "--templates", help="Prompt templates file (one per line, each with {})."),
     labels: Optional[str] = typer.Option(None, "--labels", help="CSV video_id,label (overrides labels from file names/folders)."),
     captions: Optional[str] = typer.Option(None, "--captions", help="Retrieval annotations: CSV/JSONL video_id,caption, or the task's official file."),

@@ -228,6 +228,15 @@ def _read_lines(path, what: str) -> list[str]:
     return lines
 
 
+def _numbered_or_plain(lines: list[str]) -> list[str]:
+    """Class names, one a line; a numbered list as UCF101's classInd.txt ("1 ApplyEyeMakeup"), where every
+    line starts with its number, gives its names in that order."""
+    numbered = [ln.split(maxsplit=1) for ln in lines]
+    if all(len(parts) == 2 and parts[0].isdigit() for parts in numbered):
+        return [name.strip() for _, name in sorted(numbered, key=lambda parts: int(parts[0]))]
+    return lines
+
+
 def task_from_files(classes_path=None, templates_path=None, base: Task | None = None,
                     name: str = "custom") -> Task:
     """A classification Task from --classes (one label per line) and/or --templates (one per line, each
@@ -240,7 +249,7 @@ def task_from_files(classes_path=None, templates_path=None, base: Task | None = 
     task = base or Task(name=name, type="classification", labels={"from": "parent_folder"},
                         templates=DEFAULT_TEMPLATES, description="custom classes")
     if classes_path is not None:
-        classes = _check_classes(_read_lines(classes_path, "--classes"), where_c)
+        classes = _check_classes(_numbered_or_plain(_read_lines(classes_path, "--classes")), where_c)
         task = replace(task, classes=classes, class_text={k: v for k, v in task.class_text.items() if k in classes},
                        source=str(classes_path))
     if templates_path is not None:
