@@ -256,7 +256,7 @@ def _dataset(todo: list[VideoSource], plan: SamplingPlan, resize: Resize, one_cl
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI shows its own
-    items = [{"video_id": s.video_id, "path": s.path, "open_path": _absolute(s.path)} for s in sorted(todo, key=lambda s: s.video_id)]
+    items = [{"video_id": s.video_id, "path": s.path, "open_path": fs.absolute(s.path)} for s in sorted(todo, key=lambda s: s.video_id)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map(decode_video, fn_kwargs={"plan": plan, "resize": resize, "one_clip": one_clip}, num_cpus=1)
     return dataset.map_batches(
@@ -293,17 +293,13 @@ def _remove_uncommitted(out: str) -> set[str]:
 
 def _as_given(record: VideoRecord | Failure, given: dict[str, str]) -> VideoRecord | Failure:
     """A failure names the file as the user gave it, as the local engine's do: the tasks opened it by its
-    absolute path (:func:`_absolute`), which their messages carry."""
+    absolute path (:func:`vfeat.store.fs.absolute`: actors and tasks do not share the driver's working
+    directory), which their messages carry."""
     path = given.get(record.video_id)
-    if not isinstance(record, Failure) or path is None or _absolute(path) == path:
+    if not isinstance(record, Failure) or path is None or fs.absolute(path) == path:
         return record
-    return Failure(record.video_id, record.path, record.error.replace(_absolute(path), path))
-
-
-def _absolute(path: str) -> str:
-    """Actors and tasks do not share the driver's working directory: local paths travel absolute."""
-    return path if "://" in path else os.path.abspath(path)
+    return Failure(record.video_id, record.path, record.error.replace(fs.absolute(path), path))
 
 
 def _absolute_files(model_args: dict[str, Any]) -> dict[str, Any]:
-    return {k: _absolute(v) if isinstance(v, str) and k != "name" and os.path.exists(v) else v for k, v in model_args.items()}
+    return {k: fs.absolute(v) if isinstance(v, str) and k != "name" and os.path.exists(v) else v for k, v in model_args.items()}

@@ -6,7 +6,6 @@ the model, checkpoint hash, task file, templates, counts and vfeat version, so a
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ from vfeat.evaluate.annotations import (build_retrieval_index, examples, match_i
 from vfeat.evaluate.tasks import Task, labels_for, load_task, task_from_files
 from vfeat.evaluate.text import TextTower, class_embeddings, embed_texts
 from vfeat.evaluate.video import video_embeddings
+from vfeat.store import fs
 from vfeat.store.reader import open_store
 
 
@@ -114,11 +114,11 @@ def evaluate(features: str, task: str | None = None, *, classes: str | None = No
         ids, videos, split_notes = _in_split(ids, videos, listed)
     text_tower = TextTower(attrs, device=device, pretrained=pretrained, model_config=model_config, weights_dir=weights_dir)
     model = attrs.get("model", {})
-    given: dict[str, Any] = {flag: _absolute(value) for flag, value in (
+    given: dict[str, Any] = {flag: fs.absolute(value) for flag, value in (
         ("store", features), ("classes", classes), ("templates", templates), ("labels", labels), ("captions", captions),
         ("multiple_choice", multiple_choice)) if value}
     if split_paths:
-        given["split"] = [_absolute(str(p)) for p in split_paths]
+        given["split"] = [fs.absolute(str(p)) for p in split_paths]
     results = []
     for t in tasks:
         if t.type == "classification":
@@ -152,10 +152,6 @@ def _in_split(ids: list[str], videos: np.ndarray, listed: list[str]) -> tuple[li
     if match.unmatched_annotations:
         note += f"; missing: {examples(match.unmatched_annotations)}"
     return [i for i, k in zip(ids, mask) if k], videos[mask], [note]
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 def _classification(task: Task, ids: list[str], videos: np.ndarray, text_tower: TextTower, labels_csv: str | None) -> Result:

@@ -13,6 +13,12 @@ def is_url(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (for another process, or a record read elsewhere, which do not share this
+    working directory); URLs as they are."""
+    return path if "://" in str(path) else os.path.abspath(path)
+
+
 def local(path: str) -> str:
     return str(path).removeprefix("file://")
 
