@@ -59,15 +59,8 @@ def stored_ids(out: str, own_shard: str) -> set[str] | None:
     """Ids stored in ``out`` (this process's shard and the others), read without checking their settings:
     a guess of what a run will skip, made before its model is loaded. ``None`` where reading fails; the
     run's own reading (:class:`ShardWriter`, :func:`committed_elsewhere`) decides."""
-    try:
-        done = committed_elsewhere(out, own_shard)
-        if fs.exists(own_shard):
-            with open_read(own_shard, shard_kind(own_shard)) as tree:  # type: ignore[arg-type]
-                if not interrupted_creation(tree):
-                    done.update(read_ids(tree))
-        return done
-    except Exception:  # noqa: BLE001 - a guess: anything wrong here is for the run's own reading to say
-        return None
+    stored = stored_with(out, own_shard, "format")
+    return None if stored is None else stored[0]
 
 
 def stored_with(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any]] | None:
@@ -75,9 +68,10 @@ def stored_with(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any
     lacks it), read without checking settings; ``None`` where reading fails. (Videos in the journal of a
     killed run are not among the ids: :func:`recover` merges it first.)"""
     try:
+        siblings = shard_paths(out) if shard_kind(out) is None and fs.isdir(out) else []
         done: set[str] = set()
         values: list[Any] = []
-        for path in sorted({*shard_paths(out), own_shard} if shard_kind(out) is None else {own_shard}):
+        for path in sorted({*siblings, own_shard}):
             if not fs.exists(path) or not _committed(path):
                 continue
             with open_read(path, shard_kind(path)) as tree:  # type: ignore[arg-type]
@@ -86,7 +80,7 @@ def stored_with(out: str, own_shard: str, attr: str) -> tuple[set[str], list[Any
                     done.update(ids)
                     values.append(dict(tree.attrs).get(attr))
         return done, values
-    except Exception:  # noqa: BLE001 - a shortcut only: the run's own reading says what is wrong
+    except Exception:  # noqa: BLE001 - a guess or a shortcut: the run's own reading says what is wrong
         return None
 
 
